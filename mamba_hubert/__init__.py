@@ -1,0 +1,6 @@
+"""mamba-hubert: a fairseq user-dir plugin. Importing it registers the `mamba_hubert` model and the
+`mamba_hubert_pretraining` task (`fairseq-hydra-train ... common.user_dir=/path/to/mamba_hubert`)."""
+
+from mamba_hubert import models, tasks  # noqa: F401  (registration side effects)
+
+__version__ = "0.1.0"

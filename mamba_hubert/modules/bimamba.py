@@ -1,0 +1,93 @@
+"""Bidirectional Mamba mixers whose backward direction reverses each sequence within its own length."""
+
+import copy
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from mamba_hubert.modules.mamba import Mamba
+
+BIMAMBA_FUSIONS = ("concat", "sum")
+
+
+def reverse_padded(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Reverse (batch, length, ...) in time, each sequence within its valid prefix; padding stays at the end.
+
+    Flipping the whole padded tensor would put the padding first and let it enter the backward scan.
+    The operation is its own inverse.
+    """
+    if padding_mask is None:
+        return x.flip(1)
+    length = x.shape[1]
+    lengths = (~padding_mask).sum(1, keepdim=True)  # (b, 1)
+    positions = torch.arange(length, device=x.device).unsqueeze(0)
+    if not torch.equal(padding_mask, positions >= lengths):
+        raise ValueError("padding_mask must be right-padded (True only after each sequence's last valid frame)")
+    index = torch.where(positions < lengths, lengths - 1 - positions, positions)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
+
+
+class ExtBiMamba(nn.Module):
+    """Two independent Mamba blocks, one reading the sequence backwards, fused by `concat` (a Linear over
+    [forward; backward], Zhang et al.) or `sum` (Lin et al.)."""
+
+    def __init__(self, d_model: int, fusion: str = "concat", **mamba_kwargs) -> None:
+        super().__init__()
+        if fusion not in BIMAMBA_FUSIONS:
+            raise ValueError(f"bimamba_fusion must be one of {BIMAMBA_FUSIONS}, got {fusion!r}")
+        self.fusion = fusion
+        self.forward_mamba = Mamba(d_model, **mamba_kwargs)
+        self.backward_mamba = Mamba(d_model, **mamba_kwargs)
+        self.fuse = nn.Linear(2 * d_model, d_model) if fusion == "concat" else None
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        forward_out = self.forward_mamba(x, padding_mask)
+        backward_out = reverse_padded(self.backward_mamba(reverse_padded(x, padding_mask), padding_mask), padding_mask)
+        if self.fuse is None:
+            return forward_out + backward_out
+        out = self.fuse(torch.cat([forward_out, backward_out], dim=-1))
+        return out if padding_mask is None else out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+
+
+class InnBiMamba(Mamba):
+    """Internal bidirectional Mamba ("Mamba in Speech", Vision Mamba v2): in_proj and out_proj are shared,
+    the backward direction has its own conv1d, x_proj, dt_proj, A_log and D; the two gated outputs are
+    averaged before out_proj."""
+
+    def __init__(self, d_model: int, **mamba_kwargs) -> None:
+        super().__init__(d_model, **mamba_kwargs)
+        self.conv1d_b = copy.deepcopy(self.conv1d)
+        self.x_proj_b = copy.deepcopy(self.x_proj)
+        self.dt_proj_b = copy.deepcopy(self.dt_proj)
+        self.A_b_log = nn.Parameter(torch.empty_like(self.A_log))
+        self.D_b = nn.Parameter(torch.empty_like(self.D))
+        nn.init.kaiming_uniform_(self.x_proj_b.weight, a=5**0.5)  # independent of the forward copy
+        self.conv1d_b.reset_parameters()
+        self.reset_ssm_parameters()
+
+    def _ssm_parameter_sets(self) -> List[Tuple[nn.Linear, nn.Parameter, nn.Parameter]]:
+        sets = super()._ssm_parameter_sets()
+        if hasattr(self, "D_b"):  # Mamba.__init__ resets before the backward set exists
+            sets.append((self.dt_proj_b, self.A_b_log, self.D_b))
+        return sets
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        hidden, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # each (b, d_inner, L)
+        y_forward = self._scan_branch(hidden, gate, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+
+        def reverse(t: torch.Tensor) -> torch.Tensor:  # (b, d_inner, L) reversed per sequence
+            return reverse_padded(t.transpose(1, 2), padding_mask).transpose(1, 2)
+
+        y_backward = self._scan_branch(
+            reverse(hidden), reverse(gate), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
+        )
+        y = (y_forward + reverse(y_backward)) / 2
+        out = self.out_proj(y.transpose(1, 2))
+        return out if padding_mask is None else out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+
+    def step(self, *args, **kwargs):
+        raise NotImplementedError("a bidirectional mixer cannot run frame by frame")

@@ -1,0 +1,89 @@
+"""fairseq's wav2vec2/HuBERT TransformerEncoder with Mamba layer types.
+
+fairseq keeps the positional conv, layer norm, LayerDrop, `layer=` early exit and padding to a
+multiple; only the layers differ. Layer type `transformer` is fairseq's own layer, unchanged.
+"""
+
+import torch
+import torch.nn as nn
+from fairseq import utils
+from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
+
+from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, MambaEncoderLayer, build_mixer
+from mamba_hubert.modules.mamba import Mamba
+
+LAYER_TYPES = ("mamba", "ext_bimamba", "inn_bimamba", "conbimamba", "transbimamba", "transformer")
+
+
+def mamba_kwargs_from(args) -> dict:
+    return {
+        "d_state": args.mamba_d_state,
+        "d_conv": args.mamba_d_conv,
+        "expand": args.mamba_expand,
+        "scan_impl": args.scan_impl,
+    }
+
+
+class ZeroPositionalConv(nn.Module):
+    """Stands in for the positional conv when `conv_pos=0` (no look-ahead, e.g. for a streaming model)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+class _ArgsOverride:
+    """Reads through to `args` except for the given fields (fairseq's parent init cannot build conv_pos=0)."""
+
+    def __init__(self, args, **overrides) -> None:
+        self._args = args
+        self._overrides = overrides
+
+    def __getattr__(self, name: str):
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._args, name)
+
+
+class MambaEncoder(TransformerEncoder):
+    def __init__(self, args) -> None:
+        if args.layer_type not in LAYER_TYPES:
+            raise ValueError(f"layer_type must be one of {LAYER_TYPES}, got {args.layer_type!r}")
+        no_pos_conv = args.conv_pos == 0
+        super().__init__(_ArgsOverride(args, conv_pos=2) if no_pos_conv else args)
+        if no_pos_conv:
+            self.pos_conv = ZeroPositionalConv()
+        # fairseq's init_bert_params (run by the parent) zeroes every Linear bias, the dt bias included.
+        for module in self.modules():
+            if isinstance(module, Mamba):
+                module.reset_ssm_parameters()
+
+    def build_encoder_layer(self, args, **kwargs) -> nn.Module:
+        if args.layer_type == "transformer":
+            return super().build_encoder_layer(args, **kwargs)
+        d_model = args.encoder_embed_dim
+        mamba_kwargs = mamba_kwargs_from(args)
+        if args.layer_type == "conbimamba":
+            return ConBiMambaEncoderLayer(
+                d_model,
+                args.encoder_ffn_embed_dim,
+                args.dropout,
+                args.activation_dropout,
+                args.depthwise_conv_kernel_size,
+                args.bimamba_fusion,
+                mamba_kwargs,
+            )
+        if args.layer_type == "transbimamba":
+            if args.encoder_ffn_embed_dim <= 0:
+                raise ValueError("transbimamba needs encoder_ffn_embed_dim > 0")
+            mixer = build_mixer("ext_bimamba", d_model, "concat", mamba_kwargs)
+        else:
+            mixer = build_mixer(args.layer_type, d_model, args.bimamba_fusion, mamba_kwargs)
+        return MambaEncoderLayer(
+            mixer,
+            d_model,
+            args.encoder_ffn_embed_dim,
+            args.dropout,
+            utils.get_activation_fn(args.activation_fn),
+            args.activation_dropout,
+            args.layer_norm_first,
+        )

@@ -1,0 +1,154 @@
+"""Encoder layers built on Mamba mixers. All take and return (time, batch, channels) like fairseq's
+TransformerSentenceEncoderLayer and return `x, (None, layer_result)` so fairseq's TransformerEncoder
+can stack them."""
+
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
+from mamba_hubert.modules.mamba import Mamba
+
+LayerOutput = Tuple[torch.Tensor, Tuple[None, torch.Tensor]]
+
+
+def build_mixer(kind: str, d_model: int, fusion: str, mamba_kwargs: dict) -> nn.Module:
+    """`mamba` (causal), `ext_bimamba` (two blocks, `fusion`) or `inn_bimamba` (shared projections)."""
+    if kind == "mamba":
+        return Mamba(d_model, **mamba_kwargs)
+    if kind == "ext_bimamba":
+        return ExtBiMamba(d_model, fusion=fusion, **mamba_kwargs)
+    if kind == "inn_bimamba":
+        return InnBiMamba(d_model, **mamba_kwargs)
+    raise ValueError(f"unknown mixer {kind!r}")
+
+
+class FeedForward(nn.Module):
+    """Linear -> activation -> dropout -> Linear."""
+
+    def __init__(self, d_model: int, d_ffn: int, activation: Callable, activation_dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ffn)
+        self.fc2 = nn.Linear(d_ffn, d_model)
+        self.activation = activation
+        self.activation_dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
+
+
+class MambaEncoderLayer(nn.Module):
+    """Residual mixer, then an optional residual FFN (`d_ffn > 0`); post-LN like HuBERT Base, or pre-LN.
+
+    With the `mamba` mixer this is Lin et al.'s mambaformer; with ExtBiMamba(concat) and an FFN it is
+    Zhang et al.'s TransBiMamba (a Transformer layer whose self-attention is ExtBiMamba).
+    """
+
+    def __init__(
+        self,
+        mixer: nn.Module,
+        d_model: int,
+        d_ffn: int,
+        dropout: float,
+        activation: Callable,
+        activation_dropout: float,
+        layer_norm_first: bool,
+    ) -> None:
+        super().__init__()
+        self.mixer = mixer
+        self.layer_norm_first = layer_norm_first
+        self.mixer_layer_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.ffn = FeedForward(d_model, d_ffn, activation, activation_dropout) if d_ffn > 0 else None
+        self.final_layer_norm = nn.LayerNorm(d_model) if d_ffn > 0 else None
+
+    def forward(
+        self, x: torch.Tensor, self_attn_padding_mask: Optional[torch.Tensor] = None, **_unused
+    ) -> LayerOutput:
+        x = x.transpose(0, 1)  # (b, T, C) for the mixer
+        mask = self_attn_padding_mask
+        if self.layer_norm_first:
+            x = x + self.dropout(self.mixer(self.mixer_layer_norm(x), mask))
+            layer_result = x
+            if self.ffn is not None:
+                layer_result = self.ffn(self.final_layer_norm(x))
+                x = x + self.dropout(layer_result)
+        else:
+            x = self.mixer_layer_norm(x + self.dropout(self.mixer(x, mask)))
+            layer_result = x
+            if self.ffn is not None:
+                layer_result = self.ffn(x)
+                x = self.final_layer_norm(x + self.dropout(layer_result))
+        return x.transpose(0, 1), (None, layer_result.transpose(0, 1))
+
+
+class ConvolutionModule(nn.Module):
+    """Conformer convolution module: LN -> pointwise (2C) -> GLU -> depthwise -> BatchNorm -> swish ->
+    pointwise -> dropout. Padded frames are zeroed before the depthwise conv and excluded from the
+    batch-norm statistics, so they cannot reach valid frames."""
+
+    def __init__(self, d_model: int, kernel_size: int, dropout: float) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"depthwise_conv_kernel_size must be odd, got {kernel_size}")
+        self.layer_norm = nn.LayerNorm(d_model)
+        self.pointwise_in = nn.Linear(d_model, 2 * d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel_size, padding=kernel_size // 2, groups=d_model)
+        self.batch_norm = nn.BatchNorm1d(d_model)
+        self.pointwise_out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x: (b, T, C)."""
+        x = F.glu(self.pointwise_in(self.layer_norm(x)), dim=-1)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)
+        if padding_mask is None:
+            x = self.batch_norm(x.reshape(-1, x.shape[-1])).view_as(x)
+        else:
+            valid = ~padding_mask
+            x = x.masked_scatter(valid.unsqueeze(-1), self.batch_norm(x[valid]))
+        return self.dropout(self.pointwise_out(F.silu(x)))
+
+
+class ConBiMambaEncoderLayer(nn.Module):
+    """Conformer macaron block with ExtBiMamba in place of self-attention (Zhang et al.'s Mamba-HuBERT):
+    x + FFN/2; x + ExtBiMamba(LN x); x + Conv; x + FFN/2; LN."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ffn: int,
+        dropout: float,
+        activation_dropout: float,
+        kernel_size: int,
+        fusion: str,
+        mamba_kwargs: dict,
+    ) -> None:
+        super().__init__()
+        if d_ffn <= 0:
+            raise ValueError("conbimamba needs encoder_ffn_embed_dim > 0")
+        self.ffn1_layer_norm = nn.LayerNorm(d_model)
+        self.ffn1 = FeedForward(d_model, d_ffn, F.silu, activation_dropout)
+        self.mixer_layer_norm = nn.LayerNorm(d_model)
+        self.mixer = ExtBiMamba(d_model, fusion=fusion, **mamba_kwargs)
+        self.conv = ConvolutionModule(d_model, kernel_size, dropout)
+        self.ffn2_layer_norm = nn.LayerNorm(d_model)
+        self.ffn2 = FeedForward(d_model, d_ffn, F.silu, activation_dropout)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, self_attn_padding_mask: Optional[torch.Tensor] = None, **_unused
+    ) -> LayerOutput:
+        x = x.transpose(0, 1)
+        mask = self_attn_padding_mask
+        x = x + 0.5 * self.dropout(self.ffn1(self.ffn1_layer_norm(x)))
+        x = x + self.dropout(self.mixer(self.mixer_layer_norm(x), mask))
+        x = x + self.conv(x, mask)
+        layer_result = self.ffn2(self.ffn2_layer_norm(x))
+        x = self.final_layer_norm(x + 0.5 * self.dropout(layer_result))
+        return x.transpose(0, 1), (None, layer_result.transpose(0, 1))

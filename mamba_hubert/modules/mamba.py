@@ -1,0 +1,156 @@
+"""Mamba-1 block whose parameters mirror `mamba_ssm.modules.mamba_simple.Mamba`, with a padding mask."""
+
+import math
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba_hubert.ops import selective_scan_fn
+
+
+class Mamba(nn.Module):
+    """Selective state space block (Gu & Dao 2023).
+
+    Parameter names and shapes equal mamba-ssm's `Mamba` for the same arguments, so state dicts load
+    either way. Input and output are (batch, length, d_model). A right-padded batch gives each valid
+    frame the output it has alone: the conv and scan are causal and padded inputs are zeroed.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        dt_rank: Union[int, str] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        scan_impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_impl = scan_impl
+
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        if dt_init not in ("constant", "random"):
+            raise ValueError(f"dt_init must be 'constant' or 'random', got {dt_init!r}")
+        self._dt_init = (dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    def reset_ssm_parameters(self) -> None:
+        """(Re)initialise dt_proj, A_log and D as mamba-ssm does; call it after a generic re-init
+        (e.g. fairseq's init_bert_params) that would otherwise zero the dt bias."""
+        for dt_proj, A_log, D in self._ssm_parameter_sets():
+            self._init_ssm(dt_proj, A_log, D)
+
+    def _ssm_parameter_sets(self) -> List[Tuple[nn.Linear, nn.Parameter, nn.Parameter]]:
+        return [(self.dt_proj, self.A_log, self.D)]
+
+    def _init_ssm(self, dt_proj: nn.Linear, A_log: nn.Parameter, D: nn.Parameter) -> None:
+        dt_init, dt_scale, dt_min, dt_max, dt_init_floor = self._dt_init
+        std = self.dt_rank**-0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                dt_proj.weight.fill_(std)
+            else:
+                dt_proj.weight.uniform_(-std, std)
+            # dt log-uniform in [dt_min, dt_max]; the bias holds softplus^-1(dt) so softplus(bias) = dt at init.
+            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+            D.fill_(1.0)
+        # Read by optimisers and initialisers that skip these, as mamba-ssm marks them.
+        dt_proj.bias._no_reinit = True
+        A_log._no_weight_decay = True
+        D._no_weight_decay = True
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (batch, length, d_model); padding_mask: (batch, length) bool, True = padded (right padding)."""
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        hidden, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # each (b, d_inner, L)
+        y = self._scan_branch(hidden, gate, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        out = self.out_proj(y.transpose(1, 2))
+        if padding_mask is not None:
+            out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        return out
+
+    def _scan_branch(
+        self,
+        hidden: torch.Tensor,
+        gate: torch.Tensor,
+        conv1d: nn.Conv1d,
+        x_proj: nn.Linear,
+        dt_proj: nn.Linear,
+        A_log: nn.Parameter,
+        D: nn.Parameter,
+    ) -> torch.Tensor:
+        """Causal conv + selective scan of one direction: (b, d_inner, L) -> gated y (b, d_inner, L)."""
+        hidden = F.silu(conv1d(hidden)[..., : hidden.shape[-1]])
+        dt, B, C = self._project(hidden.transpose(1, 2), x_proj, dt_proj)
+        return selective_scan_fn(
+            hidden,
+            dt,
+            -torch.exp(A_log.float()),
+            B,
+            C,
+            D.float(),
+            z=gate,
+            delta_bias=dt_proj.bias.float(),
+            delta_softplus=True,
+            impl=self.scan_impl,
+        )
+
+    def _project(
+        self, hidden: torch.Tensor, x_proj: nn.Linear, dt_proj: nn.Linear
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden: (b, L, d_inner) -> dt (b, d_inner, L) without bias, B and C (b, d_state, L)."""
+        dt, B, C = x_proj(hidden).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, dt_proj.weight)  # the bias is added (in float32) inside the scan
+        return dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
+
+    def allocate_state(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Zero (conv_state (b, d_inner, d_conv), ssm_state (b, d_inner, d_state)) for `step`."""
+        weight = self.conv1d.weight
+        conv_state = weight.new_zeros(batch_size, self.d_inner, self.d_conv)
+        ssm_state = weight.new_zeros(batch_size, self.d_inner, self.d_state, dtype=torch.float32)
+        return conv_state, ssm_state
+
+    def step(
+        self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One frame: x (b, d_model) -> (out (b, d_model), new conv_state, new ssm_state)."""
+        hidden, gate = self.in_proj(x).chunk(2, dim=-1)
+        conv_state = torch.cat([conv_state[:, :, 1:], hidden.unsqueeze(-1)], dim=-1)
+        hidden = (conv_state * self.conv1d.weight.squeeze(1)).sum(-1)
+        if self.conv1d.bias is not None:
+            hidden = hidden + self.conv1d.bias
+        hidden = F.silu(hidden)
+        dt, B, C = self._project(hidden.unsqueeze(1), self.x_proj, self.dt_proj)
+        dt = F.softplus(dt.squeeze(-1).float() + self.dt_proj.bias.float())  # (b, d_inner)
+        A = -torch.exp(self.A_log.float())
+        decay = torch.exp(dt.unsqueeze(-1) * A)
+        ssm_state = decay * ssm_state + (dt * hidden.float()).unsqueeze(-1) * B.squeeze(-1).float().unsqueeze(1)
+        y = (ssm_state * C.squeeze(-1).float().unsqueeze(1)).sum(-1) + self.D.float() * hidden.float()
+        y = (y * F.silu(gate.float())).to(x.dtype)
+        return self.out_proj(y), conv_state, ssm_state

@@ -1,0 +1,112 @@
+"""Selective scan (Mamba-1 S6) with one signature for every backend.
+
+`selective_scan_fn` follows `mamba_ssm.ops.selective_scan_interface.selective_scan_fn`:
+u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L); D, delta_bias: (d_inner,).
+Backends: mamba-ssm's CUDA kernel for CUDA tensors, the fused C++ CPU kernel, or the sequential
+PyTorch reference (always available, differentiable by autograd, slow).
+"""
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from mamba_hubert.ops import cpu_kernel
+
+SCAN_IMPLS = ("auto", "cuda", "cpu", "reference")
+ScanOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _mamba_ssm_scan():
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as cuda_scan
+    except ImportError:
+        return None
+    return cuda_scan
+
+
+def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise ValueError(f"u and delta must both be (batch, d_inner, L); got {tuple(u.shape)} and {tuple(delta.shape)}")
+    batch, d_inner, length = u.shape
+    if A.dim() != 2 or A.shape[0] != d_inner or A.is_complex():
+        raise ValueError(f"A must be real (d_inner={d_inner}, d_state); got {tuple(A.shape)} {A.dtype}")
+    expected = (batch, A.shape[1], length)
+    for name, tensor in (("B", B), ("C", C)):
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"{name} must be (batch, d_state, L) = {expected}; got {tuple(tensor.shape)}")
+
+
+def selective_scan_reference(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> ScanOutput:
+    """Plain recurrence over time, computed in float32; the ground truth the fast kernels are tested against."""
+    _check_shapes(u, delta, A, B, C)
+    dtype = u.dtype
+    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, L, n)
+    drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (b, d, L, n)
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    outputs = []
+    for t in range(u.shape[2]):
+        state = decay[:, :, t] * state + drive[:, :, t]
+        outputs.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+    y = torch.stack(outputs, dim=2)
+    if D is not None:
+        y = y + u * D.float()[:, None]
+    if z is not None:
+        y = y * F.silu(z.float())
+    y = y.to(dtype)
+    return (y, state) if return_last_state else y
+
+
+def resolve_scan_impl(impl: str, device: torch.device) -> str:
+    """The backend `impl` ("auto" or a name from SCAN_IMPLS) means for tensors on `device`."""
+    if impl not in SCAN_IMPLS:
+        raise ValueError(f"scan_impl must be one of {SCAN_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        if device.type == "cuda" and _mamba_ssm_scan() is not None:
+            return "cuda"
+        return "cpu" if device.type == "cpu" and cpu_kernel.is_available() else "reference"
+    if impl == "cuda" and (device.type != "cuda" or _mamba_ssm_scan() is None):
+        raise RuntimeError("scan_impl=cuda needs CUDA tensors and an importable mamba-ssm (pip install .[cuda])")
+    if impl == "cpu" and (device.type != "cpu" or not cpu_kernel.is_available()):
+        raise RuntimeError(f"scan_impl=cpu needs CPU tensors and the compiled kernel: {cpu_kernel.unavailable_reason()}")
+    return impl
+
+
+def selective_scan_fn(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    impl: str = "auto",
+) -> ScanOutput:
+    """Selective scan with mamba-ssm's signature and semantics, dispatched to the best available backend."""
+    _check_shapes(u, delta, A, B, C)
+    backend = resolve_scan_impl(impl, u.device)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "cuda":
+        return _mamba_ssm_scan()(*args)
+    if backend == "cpu":
+        return cpu_kernel.selective_scan_cpu(*args)
+    return selective_scan_reference(*args)

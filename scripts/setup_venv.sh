@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Creates .venv with the pinned CPU stack. Order matters: torch first and pinned, then everything that
+# builds against it with --no-build-isolation, so pip never pulls a CUDA torch (see shared FACTS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip "$@"; }
+pip install -q --upgrade pip setuptools wheel
+pip install -q torch==2.13.0
+pip install -q "numpy<2.5" cython "hydra-core==1.3.2" "omegaconf==2.3.0" cffi regex sacrebleu tqdm bitarray \
+  soundfile joblib scikit-learn scipy kaldi-native-fbank editdistance matplotlib tensorboardX \
+  pytest pytest-xdist ruff
+if ! .venv/bin/python -c "import fairseq" 2>/dev/null; then
+  pip install -q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
+fi
+pip install -q --no-build-isolation --no-deps -e .
+touch .venv/.installed

@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mamba-hubert",
+    version="0.1.0",
+    description="A fairseq plugin: HuBERT with Mamba (selective state space) encoders, and layer-wise MI analysis",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mamba_hubert", "mamba_hubert.*"]),
+    package_data={"mamba_hubert.ops": ["csrc/*.cpp"]},
+    # torch and fairseq are installed by scripts/setup_venv.sh in a fixed order (CPU torch first, fairseq-fixed
+    # without build isolation); listing them here would let pip pull a CUDA torch.
+    install_requires=["numpy", "soundfile", "joblib", "scikit-learn", "kaldi-native-fbank", "matplotlib"],
+    extras_require={"cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"]},
+    entry_points={
+        "console_scripts": [
+            "mamba-hubert-params=mamba_hubert.models.param_count:main",
+        ]
+    },
+)
