@@ -2,5 +2,8 @@
 `mamba_hubert_pretraining` task (`fairseq-hydra-train ... common.user_dir=/path/to/mamba_hubert`)."""
 
 from mamba_hubert import models, tasks  # noqa: F401  (registration side effects)
+from mamba_hubert.fairseq_compat import add_hubert_ctc_autoregressive_field
+
+add_hubert_ctc_autoregressive_field()
 
 __version__ = "0.1.0"

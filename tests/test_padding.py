@@ -1,0 +1,70 @@
+"""A padded frame never changes a valid frame's output, for every layer type (DESIGN.md, Padding)."""
+
+import pytest
+import torch
+
+from mamba_hubert.frames import conv_output_length
+from mamba_hubert.modules import reverse_padded
+from tests.conftest import tiny_model
+
+
+def right_padding(lengths, total):
+    return torch.arange(total)[None, :] >= torch.tensor(lengths)[:, None]
+
+
+def test_reverse_padded_reverses_within_each_length():
+    x = torch.arange(10.0).view(2, 5, 1)
+    mask = right_padding([5, 3], 5)
+    out = reverse_padded(x, mask)
+    assert out[:, :, 0].tolist() == [[4, 3, 2, 1, 0], [7, 6, 5, 8, 9]]
+    assert torch.equal(reverse_padded(out, mask), x)
+    with pytest.raises(ValueError, match="right-padded"):
+        reverse_padded(x, mask.flip(1))
+
+
+def test_encoder_alone_equals_padded_batch(layer_type):
+    model = tiny_model(layer_type).eval()
+    torch.manual_seed(1)
+    lengths = [40, 23, 31]
+    x = torch.randn(3, 40, 32)
+    mask = right_padding(lengths, 40)
+    x = x.masked_fill(mask[..., None], 123.0)  # garbage in the padding must not matter
+    batched, _ = model.encoder(x, padding_mask=mask)
+    for i, n in enumerate(lengths):
+        alone, _ = model.encoder(x[i : i + 1, :n], padding_mask=torch.zeros(1, n, dtype=torch.bool))
+        assert torch.allclose(batched[i, :n], alone[0], atol=1e-5), f"utterance {i}"
+
+
+def test_encoder_valid_outputs_have_no_gradient_from_padding(layer_type):
+    model = tiny_model(layer_type).train()  # batch norm in training mode must also ignore padding
+    x = torch.randn(2, 30, 32, requires_grad=True)
+    mask = right_padding([30, 17], 30)
+    out, _ = model.encoder(x.clone(), padding_mask=mask)  # fairseq zeroes padding in place
+    out[~mask].sum().backward()
+    assert x.grad[mask].abs().max() == 0
+    assert x.grad[~mask].abs().max() > 0
+
+
+def test_model_extract_features_alone_equals_padded_batch(layer_type):
+    model = tiny_model(layer_type).eval()
+    torch.manual_seed(2)
+    lengths = [16000, 9000, 12345]  # 9000 of 16000: fairseq's grouped mask marks one frame too many
+    wav = torch.randn(3, 16000)
+    mask = right_padding(lengths, 16000)
+    wav = wav.masked_fill(mask, 0.5)
+    batched, frame_mask = model.extract_features(wav, padding_mask=mask)
+    for i, n in enumerate(lengths):
+        frames = conv_output_length(n)
+        assert int((~frame_mask[i]).sum()) == frames
+        alone, _ = model.extract_features(wav[i : i + 1, :n], padding_mask=torch.zeros(1, n, dtype=torch.bool))
+        assert alone.shape[1] == frames
+        assert torch.allclose(batched[i, :frames], alone[0], atol=1e-5), f"utterance {i}"
+
+
+def test_model_valid_frames_have_no_gradient_from_padded_samples():
+    model = tiny_model("conbimamba").eval()
+    wav = torch.randn(2, 16000, requires_grad=True)
+    mask = right_padding([16000, 9000], 16000)
+    features, frame_mask = model.extract_features(wav, padding_mask=mask)
+    features[~frame_mask].sum().backward()
+    assert wav.grad[mask].abs().max() == 0

@@ -1,0 +1,104 @@
+"""selective_scan_fn against an independent sequential loop written here, for every backend on this machine."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mamba_hubert.ops import resolve_scan_impl, selective_scan_fn
+
+
+def loop_scan(u, delta, A, B, C, D, z, delta_bias, softplus):
+    """Written from the Mamba-1 equations, one time step and one state at a time; float64."""
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if softplus:
+        delta = F.softplus(delta)
+    batch, d_inner, length = u.shape
+    h = torch.zeros(batch, d_inner, A.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(length):
+        h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, -1)
+    if D is not None:
+        y = y + D.double()[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.double())
+    return y, h
+
+
+def make_inputs(seed, batch=2, d_inner=6, d_state=5, length=37, with_z=True, with_bias=True):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "u": torch.randn(batch, d_inner, length, generator=g),
+        "delta": torch.rand(batch, d_inner, length, generator=g) * 0.5 - 0.2,
+        "A": -torch.rand(d_inner, d_state, generator=g) * 2 - 0.1,
+        "B": torch.randn(batch, d_state, length, generator=g),
+        "C": torch.randn(batch, d_state, length, generator=g),
+        "D": torch.randn(d_inner, generator=g),
+        "z": torch.randn(batch, d_inner, length, generator=g) if with_z else None,
+        "delta_bias": torch.randn(d_inner, generator=g) * 0.3 if with_bias else None,
+    }
+
+
+def impls():
+    available = ["reference"]
+    if resolve_scan_impl("auto", torch.device("cpu")) == "cpu":
+        available.append("cpu")
+    return available
+
+
+def assert_close(actual, expected, name):
+    assert torch.allclose(actual.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item()), name
+
+
+@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("with_z,with_bias,softplus", [(True, True, True), (False, False, False), (True, False, True),
+                                                        (False, True, False)])
+def test_values_and_gradients_match_loop(impl, with_z, with_bias, softplus):
+    inputs = make_inputs(0, with_z=with_z, with_bias=with_bias)
+    if not softplus:  # without softplus, delta must stay positive for a stable scan
+        inputs["delta"] = inputs["delta"].abs() + 0.05
+        if inputs["delta_bias"] is not None:
+            inputs["delta_bias"] = inputs["delta_bias"].abs()
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
+    full = {k: leaves.get(k) for k in inputs}
+    y, last = selective_scan_fn(**full, delta_softplus=softplus, return_last_state=True, impl=impl)
+    expected_leaves = {k: v.detach().double().requires_grad_(True) for k, v in leaves.items()}
+    y_ref, last_ref = loop_scan(**{k: expected_leaves.get(k) for k in inputs}, softplus=softplus)
+    assert y.dtype == torch.float32
+    assert_close(y, y_ref, "y")
+    assert_close(last, last_ref, "last state")
+    grad_out = torch.randn_like(y_ref)
+    (y.double() * grad_out).sum().backward()
+    (y_ref * grad_out).sum().backward()
+    for name, leaf in leaves.items():
+        assert_close(leaf.grad, expected_leaves[name].grad, f"grad {name}")
+
+
+@pytest.mark.parametrize("impl", impls())
+def test_single_step_and_long_sequence(impl):
+    for length in (1, 300):
+        inputs = make_inputs(1, length=length)
+        y = selective_scan_fn(**inputs, delta_softplus=True, impl=impl)
+        y_ref, _ = loop_scan(**inputs, softplus=True)
+        assert_close(y, y_ref, f"L={length}")
+
+
+def test_against_mamba_ssm_reference_when_importable():
+    interface = pytest.importorskip("mamba_ssm.ops.selective_scan_interface", reason="mamba-ssm not installed")
+    inputs = make_inputs(2)
+    ours = selective_scan_fn(**inputs, delta_softplus=True)
+    theirs = interface.selective_scan_ref(**inputs, delta_softplus=True)
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_shapes_and_impls_are_rejected():
+    inputs = make_inputs(3)
+    with pytest.raises(ValueError, match="B must be"):
+        selective_scan_fn(**{**inputs, "B": inputs["B"][:, :, :-1]})
+    with pytest.raises(ValueError, match="scan_impl"):
+        selective_scan_fn(**inputs, impl="fast")
+    with pytest.raises(RuntimeError, match="cuda"):
+        selective_scan_fn(**inputs, impl="cuda")
