@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="A fairseq plugin: HuBERT with Mamba (selective state space) encoders, and layer-wise MI analysis",
     license="MIT",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["mamba_hubert", "mamba_hubert.*"]),
     package_data={"mamba_hubert.ops": ["csrc/*.cpp"]},
     # torch and fairseq are installed by scripts/setup_venv.sh in a fixed order (CPU torch first, fairseq-fixed
@@ -15,6 +15,7 @@ setup(
     entry_points={
         "console_scripts": [
             "mamba-hubert-params=mamba_hubert.models.param_count:main",
+            "mamba-hubert-corpus=mamba_hubert.data.corpus:main",
         ]
     },
 )

@@ -18,4 +18,4 @@ if ! .venv/bin/python -c "import fairseq" 2>/dev/null; then
   pip install -q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
 pip install -q --no-build-isolation --no-deps -e .
-touch .venv/.installed
+touch .venv/.installed  # the Makefile re-runs this script when it or setup.py changes

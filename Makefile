@@ -1,0 +1,20 @@
+# The README's two commands: `make demo` (the whole pipeline on a generated corpus) and `make test`.
+PYTHON ?= .venv/bin/python
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test lint system-deps
+
+.venv/.installed: scripts/setup_venv.sh setup.py
+	bash scripts/setup_venv.sh
+
+system-deps:
+	bash scripts/install_system_deps.sh
+
+demo: .venv/.installed system-deps
+	$(PYTHON) -m mamba_hubert.demo --out $(DEMO_DIR)
+
+test: .venv/.installed system-deps
+	$(PYTHON) -m pytest -q tests
+
+lint: .venv/.installed
+	.venv/bin/ruff check .

@@ -1,0 +1,38 @@
+"""fairseq-hydra-train trains a tiny mamba_hubert through the plugin, and fairseq's hubert_ctc fine-tunes it."""
+
+import pytest
+import soundfile as sf
+import torch
+from fairseq import checkpoint_utils
+
+import mamba_hubert  # noqa: F401  (registers the model and task, and the checkpoint allow-list)
+from tests.fairseq_runs import SMALL_MODEL, finetune, make_tone_corpus, pretrain
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_tone_corpus(tmp_path_factory.mktemp("tones"))
+
+
+@pytest.mark.parametrize("layer_type", ["mamba", "ext_bimamba", "conbimamba"])
+def test_pretrain_reload_and_finetune(corpus, tmp_path, layer_type):
+    save_dir = tmp_path / "pretrain"
+    log = pretrain(corpus, save_dir, f"tiny_{layer_type}", "optimization.max_update=3", *SMALL_MODEL)
+    assert "valid on 'valid' subset" in log
+    checkpoint = save_dir / "checkpoint_last.pt"
+    assert checkpoint.exists() and (save_dir / "checkpoint_best.pt").exists()
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)])
+    model = models[0].eval()
+    assert type(model).__name__ == "MambaHubertModel" and cfg.model.layer_type == layer_type
+    wav, _ = sf.read(corpus / "wav" / "valid0.wav", dtype="float32")
+    with torch.no_grad():
+        features, _ = model.extract_features(torch.from_numpy(wav)[None], padding_mask=None, mask=False)
+    assert features.shape[-1] == 64 and torch.isfinite(features).all()
+
+    ft_dir = tmp_path / "finetune"
+    log = finetune(corpus, ft_dir, checkpoint, "optimization.max_update=2", "model.freeze_finetune_updates=0")
+    assert "num_updates 2" in log
+    ctc_models, ctc_cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(ft_dir / "checkpoint_last.pt")])
+    assert ctc_cfg.model._name == "hubert_ctc"
+    assert type(ctc_models[0].w2v_encoder.w2v_model).__name__ == "MambaHubertModel"
