@@ -1,0 +1,125 @@
+"""The fused C++ selective scan for CPU tensors, compiled on first use.
+
+`csrc/selective_scan_cpu.cpp` is built with torch's extension tools (needs a C++ compiler and ninja) into
+torch's extension cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), so the build cost (~1 min)
+is paid once per machine. Importing this module never builds or raises; `is_available()` triggers the build
+and reports failure as False, with `unavailable_reason()` saying why, so callers can fall back to PyTorch.
+"""
+
+import os
+import subprocess
+import threading
+from types import ModuleType
+
+import torch
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "selective_scan_cpu.cpp")
+# Portable flags only: the kernel picks AVX2+FMA or baseline code at run time, so the cached build is valid
+# on any x86-64 CPU (-march=native would break a cache shared between machines).
+_CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_reason: str | None = None
+
+ScanOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def _load() -> ModuleType | None:
+    global _module, _reason
+    with _lock:
+        if _module is None and _reason is None:
+            try:
+                from torch.utils.cpp_extension import load
+
+                _module = load(
+                    name="mamba_hubert_selective_scan_cpu",
+                    sources=[_SOURCE],
+                    extra_cflags=_CFLAGS,
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False,
+                )
+            # No compiler or ninja, a failed compile or a failed dlopen: each surfaces as one of these.
+            except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as err:
+                _reason = f"building {os.path.basename(_SOURCE)} failed: {type(err).__name__}: {err}"
+    return _module
+
+
+def is_available() -> bool:
+    """Whether the compiled kernel can be used (builds it on the first call)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why `is_available()` is False; None when the kernel is available or was not tried yet."""
+    return _reason
+
+
+def checkpoint_interval() -> int:
+    """Time steps between the hidden states that the forward keeps for the backward."""
+    return int(_extension().checkpoint_interval)
+
+
+def _extension() -> ModuleType:
+    module = _load()
+    if module is None:
+        raise RuntimeError(f"the CPU selective-scan kernel is unavailable: {_reason}")
+    return module
+
+
+class _SelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        keep = any(ctx.needs_input_grad[:8])
+        out, last, checkpoints = _extension().forward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, keep
+        )
+        if keep:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
+        ctx.delta_softplus = delta_softplus
+        ctx.return_last_state = return_last_state
+        return (out, last) if return_last_state else out
+
+    @staticmethod
+    def backward(ctx, dout, *dlast):
+        u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        dlast_state = dlast[0].contiguous() if ctx.return_last_state else None
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _extension().backward(
+            dout.contiguous(), dlast_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints
+        )
+        # Gradients of absent optional inputs come back from C++ as None (undefined tensors).
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
+
+
+def selective_scan_cpu(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> ScanOutput:
+    """Selective scan on CPU with mamba-ssm's `selective_scan_fn` signature; differentiable in every tensor.
+
+    u, delta, z: (batch, d_inner, L); A: (d_inner, N) real; B, C: (batch, N, L); D, delta_bias: (d_inner,).
+    Computes in float64 when u is float64, else float32; y is returned in u's dtype and the last state
+    (batch, d_inner, N) in the compute dtype, as mamba-ssm does.
+    """
+    if A.is_complex() or B.dim() != 3 or C.dim() != 3:
+        raise ValueError("the CPU kernel supports real A and input-dependent B, C of shape (batch, d_state, L)")
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+
+    def prep(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(dtype).contiguous()
+
+    result = _SelectiveScan.apply(
+        prep(u), prep(delta), prep(A), prep(B), prep(C), prep(D), prep(z), prep(delta_bias),
+        bool(delta_softplus), bool(return_last_state),
+    )
+    if return_last_state:
+        return result[0].to(u.dtype), result[1]
+    return result.to(u.dtype)
