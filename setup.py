@@ -16,6 +16,7 @@ setup(
         "console_scripts": [
             "mamba-hubert-params=mamba_hubert.models.param_count:main",
             "mamba-hubert-corpus=mamba_hubert.data.corpus:main",
+            "mamba-hubert-check=mamba_hubert.data.check:main",
         ]
     },
 )

@@ -1,19 +1,10 @@
-"""Helpers for tests that run real fairseq CLIs on small generated data."""
+"""Small generated data for tests that run real fairseq CLIs."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parent.parent
-PLUGIN = REPO / "mamba_hubert"
-PRETRAIN_CONFIGS = REPO / "examples" / "config" / "pretrain"
-FINETUNE_CONFIGS = REPO / "examples" / "config" / "finetune"
-BIN = Path(sys.executable).parent
 # Small enough that a few updates take seconds on 2 cores.
 SMALL_MODEL = ["model.encoder_layers=2", "model.encoder_embed_dim=64", "model.encoder_ffn_embed_dim=128",
                "model.conv_feature_layers='[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2'", "model.final_dim=32"]
@@ -44,25 +35,9 @@ def make_tone_corpus(root: Path, splits=(("train", 12), ("valid", 3)), seed: int
     return root
 
 
-def run_cli(args: List[str], cwd: Path, timeout: int = 600) -> str:
-    """Runs a fairseq console script of this venv; fails the test with its output if it fails."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # checkpoints must load without it
-    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args[:3])} failed ({result.returncode}):\n{output[-6000:]}")
-    return output
+def pretrain_overrides(data: Path, save_dir: Path, *extra: str) -> list:
+    return [f"task.data={data}", f"task.label_dir={data}", f"checkpoint.save_dir={save_dir}", *extra]
 
 
-def pretrain(data: Path, save_dir: Path, config: str, *overrides: str) -> str:
-    return run_cli(["fairseq-hydra-train", "--config-dir", str(PRETRAIN_CONFIGS), "--config-name", config,
-                    f"common.user_dir={PLUGIN}", f"task.data={data}", f"task.label_dir={data}",
-                    f"checkpoint.save_dir={save_dir}", *overrides], cwd=save_dir.parent)
-
-
-def finetune(data: Path, save_dir: Path, w2v_path: Path, *overrides: str) -> str:
-    return run_cli(["fairseq-hydra-train", "--config-dir", str(FINETUNE_CONFIGS), "--config-name", "tiny_ctc",
-                    f"common.user_dir={PLUGIN}", f"task.data={data}", f"task.label_dir={data}",
-                    f"checkpoint.save_dir={save_dir}", f"model.w2v_path={w2v_path}", *overrides], cwd=save_dir.parent)
+def finetune_overrides(data: Path, save_dir: Path, w2v_path: Path, *extra: str) -> list:
+    return [*pretrain_overrides(data, save_dir, *extra), f"model.w2v_path={w2v_path}"]

@@ -1,4 +1,5 @@
-"""fairseq-hydra-train trains a tiny mamba_hubert through the plugin, and fairseq's hubert_ctc fine-tunes it."""
+"""fairseq-hydra-train trains a tiny mamba_hubert through the plugin, fairseq's hubert_ctc fine-tunes it, and
+fairseq-generate decodes it."""
 
 import pytest
 import soundfile as sf
@@ -6,7 +7,8 @@ import torch
 from fairseq import checkpoint_utils
 
 import mamba_hubert  # noqa: F401  (registers the model and task, and the checkpoint allow-list)
-from tests.fairseq_runs import SMALL_MODEL, finetune, make_tone_corpus, pretrain
+from mamba_hubert.pipeline import generate_wer, hydra_train
+from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
 
 
 @pytest.fixture(scope="module")
@@ -14,10 +16,17 @@ def corpus(tmp_path_factory):
     return make_tone_corpus(tmp_path_factory.mktemp("tones"))
 
 
+@pytest.fixture(autouse=True)
+def no_unsafe_loading(monkeypatch):
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)  # checkpoints must load without it
+
+
 @pytest.mark.parametrize("layer_type", ["mamba", "ext_bimamba", "conbimamba"])
-def test_pretrain_reload_and_finetune(corpus, tmp_path, layer_type):
+def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, layer_type):
     save_dir = tmp_path / "pretrain"
-    log = pretrain(corpus, save_dir, f"tiny_{layer_type}", "optimization.max_update=3", *SMALL_MODEL)
+    log = hydra_train(f"pretrain/tiny_{layer_type}",
+                      pretrain_overrides(corpus, save_dir, "optimization.max_update=3", *SMALL_MODEL),
+                      tmp_path / "pretrain.log")
     assert "valid on 'valid' subset" in log
     checkpoint = save_dir / "checkpoint_last.pt"
     assert checkpoint.exists() and (save_dir / "checkpoint_best.pt").exists()
@@ -31,8 +40,13 @@ def test_pretrain_reload_and_finetune(corpus, tmp_path, layer_type):
     assert features.shape[-1] == 64 and torch.isfinite(features).all()
 
     ft_dir = tmp_path / "finetune"
-    log = finetune(corpus, ft_dir, checkpoint, "optimization.max_update=2", "model.freeze_finetune_updates=0")
+    log = hydra_train("finetune/tiny_ctc", finetune_overrides(corpus, ft_dir, checkpoint, "optimization.max_update=2",
+                                                              "model.freeze_finetune_updates=0"),
+                      tmp_path / "finetune.log")
     assert "num_updates 2" in log
     ctc_models, ctc_cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(ft_dir / "checkpoint_last.pt")])
     assert ctc_cfg.model._name == "hubert_ctc"
     assert type(ctc_models[0].w2v_encoder.w2v_model).__name__ == "MambaHubertModel"
+
+    wer = generate_wer(corpus, corpus, ft_dir / "checkpoint_last.pt", "valid", tmp_path / "generate.log")
+    assert 0 <= wer <= 100 and "H-0\t" in (tmp_path / "generate.log").read_text()

@@ -1,0 +1,613 @@
+"""Build a transcribed 16 kHz English corpus with Debian's text-to-speech engines.
+
+    python -m mamba_hubert.data.corpus --out DIR --minutes 20 --jobs 2 [--seed 0]
+
+Speech comes from espeak-ng, festival and flite over public-domain text (KJV bible clauses, WordNet example
+sentences), with voice, speaking rate and pitch drawn at random. DIR receives `wav/{split}/*.wav` (16 kHz mono
+16-bit), fairseq manifests `{split}.tsv`, letter / word transcripts `{split}.ltr`, `{split}.wrd`,
+`dict.ltr.txt`, frame-level phone labels `{split}.phn` with `dict.phn.txt`, provenance `{split}.meta.tsv`
+and a summary `corpus.json`.
+
+Phone labels come from each engine's own timings: festival's `utt.save.segs` and flite's `-psdur` give phone
+end times; espeak-ng's C library (through ctypes) reports a phoneme event with the time of every phoneme it
+renders, and its mnemonics are mapped onto the same ARPAbet set. All labels follow CMU-dictionary (rhotic)
+conventions, whatever the voice's accent. One label per encoder frame (50 Hz): frame i sees samples
+[320 i, 320 i + 400) and takes the phone at the window centre.
+
+Splits: test holds out whole speakers (TEST_SPEAKERS) and its own sentences; valid uses the training speakers
+with its own sentences. No sentence appears in two splits.
+"""
+
+import argparse
+import bisect
+import ctypes
+import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from mamba_hubert.frames import conv_output_length, receptive_field
+
+SAMPLE_RATE = 16000
+MIN_SECONDS, MAX_SECONDS = 1.0, 6.0
+# TTS engines emit exact digital silence; an all-zero window makes the extractor's per-frame layer norm
+# divide by ~sqrt(eps) and gradients explode (seen: grad norm 6e11). A -66 dBFS noise floor, seeded per
+# utterance so the corpus stays deterministic, is what any recording has anyway.
+NOISE_FLOOR = 10 ** (-66 / 20)
+SPLIT_SHARE = {"train": 0.8, "valid": 0.1, "test": 0.1}
+RATE_RANGE = (0.85, 1.2)  # speaking-rate factor: > 1 is faster
+PITCH_RANGE = (0.85, 1.2)  # factor on the voice's mean F0
+MIN_WORDS, MAX_WORDS = 2, 14  # cheap pre-filter; the 1-6 s rule is applied to the audio itself
+
+# 39 CMU-dictionary phones plus silence: the label set of every engine.
+PHONES: tuple[str, ...] = (
+    "SIL", "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH",
+    "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W",
+    "Y", "Z", "ZH",
+)  # fmt: skip
+LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ'") + ("|",)
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str  # "espeak", "flite" or "festival"
+    name: str  # the engine's own voice name
+    speaker: str  # voices of one speaker share it; splits hold speakers out whole
+    f0: float = 0.0  # mean F0 (Hz) the pitch factor scales, where the engine takes one
+
+
+ESPEAK_ACCENTS = (
+    "en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
+)  # fmt: skip
+ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6)) + ("klatt", "klatt2")
+VOICES: tuple[Voice, ...] = (
+    Voice("flite", "kal16", "kal", 95.0),
+    Voice("flite", "awb", "awb", 130.0),
+    Voice("flite", "rms", "rms", 100.0),
+    Voice("flite", "slt", "slt", 170.0),
+    Voice("festival", "kal_diphone", "kal", 105.0),
+    Voice("festival", "ked_diphone", "ked", 105.0),
+    Voice("festival", "cmu_us_slt_arctic_hts", "slt"),  # festival's HTS engine takes no pitch option
+) + tuple(Voice("espeak", f"{accent}+{variant}", f"espeak-{variant}") for variant in ESPEAK_VARIANTS
+          for accent in ESPEAK_ACCENTS)
+# flite slt and festival cmu_us_slt_arctic_hts are one speaker; espeak variants are held out across all accents.
+TEST_SPEAKERS = frozenset({"slt", "espeak-f4", "espeak-m6"})
+ENGINE_SHARE = {"espeak": 0.4, "flite": 0.3, "festival": 0.3}
+
+# Debian package that provides each engine resource.
+FESTIVAL_VOICE_PACKAGES = {
+    "kal_diphone": "festvox-kallpc16k",
+    "ked_diphone": "festvox-kdlpc16k",
+    "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
+}
+WORDNET_DIR = Path("/usr/share/wordnet")
+ESPEAK_LIBRARY = "libespeak-ng.so.1"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Phone sets
+
+
+def _cmu_phone(name: str) -> str:
+    """Map a festival / flite phone (radio / CMU set) to PHONES."""
+    name = name.lower()
+    if name in ("pau", "h#", "brth", "ssil"):
+        return "SIL"
+    phone = {"ax": "AH", "axr": "ER"}.get(name, name.upper())
+    if phone not in PHONES:
+        raise ValueError(f"unknown festival/flite phone {name!r}")
+    return phone
+
+
+# espeak-ng English phoneme mnemonics -> ARPAbet. An empty tuple merges the phoneme into the one before it
+# (";" marks a hiatus between vowels); a tuple of several phones shares the phoneme's duration evenly.
+ESPEAK_TO_ARPABET: dict[str, tuple[str, ...]] = {
+    **{p: ("SIL",) for p in ("_", "_:", "_!", "_|", "_^_")},
+    ";": (),
+    "p": ("P",), "b": ("B",), "t": ("T",), "d": ("D",), "k": ("K",), "g": ("G",), "f": ("F",), "v": ("V",),
+    "T": ("TH",), "D": ("DH",), "s": ("S",), "z": ("Z",), "S": ("SH",), "Z": ("ZH",), "h": ("HH",),
+    "tS": ("CH",), "dZ": ("JH",), "m": ("M",), "n": ("N",), "N": ("NG",), "l": ("L",), "r": ("R",),
+    "w": ("W",), "j": ("Y",), "x": ("K",), "?": ("T",),  # glottal stop stands for a /t/ ("button")
+    "n-": ("AH", "N"), "@L": ("AH", "L"), "m-": ("AH", "M"),
+    "a": ("AE",), "aa": ("AE",), "a#": ("AH",), "A:": ("AA",), "A@": ("AA", "R"), "0": ("AA",),
+    "O": ("AO",), "O:": ("AO",), "O@": ("AO", "R"), "o@": ("AO", "R"), "E": ("EH",), "e": ("EH",),
+    "e@": ("EH", "R"), "eI": ("EY",), "I": ("IH",), "i": ("IY",), "i:": ("IY",), "i@": ("IH", "R"),
+    "i@3": ("IH", "R"), "IR": ("ER",), "@": ("AH",), "3": ("ER",), "3:": ("ER",), "VR": ("ER",),
+    "V": ("AH",), "U": ("UH",), "U@": ("UH", "R"), "u:": ("UW",), "u": ("UW",), "aI": ("AY",),
+    "aI@": ("AY", "ER"), "aU": ("AW",), "aU@": ("AW", "ER"), "oU": ("OW",), "o": ("OW",), "OI": ("OY",),
+}  # fmt: skip
+# Accent and allophone marks espeak appends to a base mnemonic ("t#" flap, "t[" dental, "@2", "I2", "w#").
+_ESPEAK_MARKS = "#[/-2345"
+
+
+def espeak_phones(symbol: str) -> tuple[str, ...] | None:
+    """ARPAbet phones for one espeak-ng phoneme mnemonic, or None if it is not known."""
+    while symbol:
+        if symbol in ESPEAK_TO_ARPABET:
+            return ESPEAK_TO_ARPABET[symbol]
+        if symbol[-1] not in _ESPEAK_MARKS:
+            return None
+        symbol = symbol[:-1]
+    return None
+
+
+Segments = list[tuple[str, float, float]]  # (phone, start s, end s), contiguous and in order
+
+
+def frame_labels(segments: Segments, num_samples: int, sample_rate: int = SAMPLE_RATE) -> list[str]:
+    """One phone per encoder frame: the phone at the centre of the frame's receptive field (SIL outside)."""
+    window, hop = receptive_field()
+    ends = [end for _, _, end in segments]
+    labels = []
+    for i in range(conv_output_length(num_samples)):
+        centre = (hop * i + window / 2) / sample_rate
+        k = bisect.bisect_right(ends, centre)
+        inside = k < len(segments) and segments[k][1] <= centre
+        labels.append(segments[k][0] if inside else "SIL")
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text
+
+
+_DROP = re.compile(r"[\"()\[\]`]|'(?![A-Za-z])|(?<![A-Za-z])'")  # quotes, brackets, quote-like apostrophes
+_TOKEN = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*|[,.;:?!]|\S")
+_VOWEL = re.compile(r"[aeiouyAEIOUY]")
+_ABBREVIATION = re.compile(r"\b(?:mr|mrs|ms|dr|st|jr|sr|vs|etc|inc|ltd|mt|ft|co)\b")
+
+
+def normalise_sentence(raw: str) -> tuple[str, str] | None:
+    """(transcript, text for the engines) for a raw sentence, or None if its spoken form is not certain.
+
+    The transcript is upper-case words of letters and inner apostrophes; the engine text keeps the
+    sentence punctuation (for natural phrasing) and nothing that an engine would expand (digits, symbols,
+    abbreviations, acronyms, single letters).
+    """
+    text = raw.replace("--", ", ").replace("-", " ")
+    tokens = _TOKEN.findall(_DROP.sub(" ", text))
+    words = [t for t in tokens if t[0].isalpha()]
+    if not MIN_WORDS <= len(words) <= MAX_WORDS:
+        return None
+    for token in tokens:
+        if not (token[0].isalpha() or token in ",.;:?!"):
+            return None  # digits, symbols
+    for word in words:
+        bare = word.replace("'", "")
+        if len(bare) == 1 and bare.lower() not in ("a", "i", "o"):
+            return None
+        if (len(bare) > 1 and bare.isupper()) or not _VOWEL.search(bare):
+            return None  # acronyms and abbreviations are spelled or expanded by the engines
+    if _ABBREVIATION.search(" ".join(words).lower()):
+        return None
+    spoken = ""
+    for token in tokens:
+        spoken += token if token in ",.;:?!" else (" " if spoken else "") + token
+    if spoken[-1] not in ".?!":
+        spoken = spoken.rstrip(",;:") + "."
+    return " ".join(words).upper(), spoken
+
+
+def _bible_sentences() -> Iterator[str]:
+    """KJV verses (bible-kjv's `bible` CLI), cut into clauses at sentence punctuation."""
+    out = subprocess.run(["bible", "-l100000", "gen1:1-rev22:21"], capture_output=True, text=True, check=True)
+    for line in out.stdout.splitlines():
+        match = re.match(r"\s+\d+\s+(.*)", line)
+        if match:
+            # KJV prints LORD / GOD in capitals: make them ordinary words so the acronym filter keeps them.
+            verse = re.sub(r"\b[A-Z]{2,}\b", lambda m: m.group().capitalize(), match.group(1))
+            yield from re.split(r"(?<=[.;:?!])\s+", verse)
+
+
+def _wordnet_sentences() -> Iterator[str]:
+    """Quoted example sentences from the glosses of WordNet's data files."""
+    for pos in ("noun", "verb", "adj", "adv"):
+        with open(WORDNET_DIR / f"data.{pos}", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("  ") or " | " not in line:
+                    continue  # licence header
+                yield from re.findall(r'"([^"]+)"', line.split(" | ", 1)[1])
+
+
+def load_sentences() -> list[tuple[str, str]]:
+    """All usable (transcript, engine text) pairs, one per distinct transcript, in a fixed order."""
+    seen: dict[str, str] = {}
+    for source in (_bible_sentences(), _wordnet_sentences()):
+        for raw in source:
+            pair = normalise_sentence(raw)
+            if pair is not None and pair[0] not in seen:
+                seen[pair[0]] = pair[1]
+    return sorted(seen.items())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Engines: each renders a list of jobs of one engine and yields (audio float in [-1, 1], sample rate, segments)
+
+
+@dataclass(frozen=True)
+class Job:
+    uid: str
+    split: str
+    voice: Voice
+    rate: float
+    pitch: float
+    transcript: str
+    text: str  # what the engine reads
+    wav_path: str
+
+
+Rendered = tuple[np.ndarray, int, Segments]
+
+
+def _run_engine(cmd: Sequence[str]) -> str:
+    """Run an engine command; its stdout, or an error that shows what the engine said."""
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def _segments_from_ends(ends: Sequence[tuple[str, float]]) -> Segments:
+    segments, start = [], 0.0
+    for name, end in ends:
+        segments.append((_cmu_phone(name), start, end))
+        start = end
+    return segments
+
+
+def _render_flite(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
+    for job in jobs:
+        path = os.path.join(tmp, f"{job.uid}.wav")
+        cmd = ["flite", "-voice", job.voice.name, "--setf", f"duration_stretch={1 / job.rate:.4f}",
+               "--setf", f"int_f0_target_mean={job.voice.f0 * job.pitch:.1f}", "-psdur", "-t", job.text, "-o", path]
+        out = _run_engine(cmd)
+        ends = [(tok.rsplit(":", 1)[0], float(tok.rsplit(":", 1)[1])) for tok in out.split()]
+        audio, sr = sf.read(path, dtype="float32")
+        yield audio, sr, _segments_from_ends(ends)
+
+
+def _festival_settings(job: Job) -> str:
+    """Scheme that sets rate and pitch for one utterance (the voice is already selected)."""
+    if job.voice.name == "cmu_us_slt_arctic_hts":
+        rate = f'(list (list "-r" {job.rate:.4f}))'  # hts_engine's speed factor
+        return f"(set! hts_engine_params (append cmu_us_slt_arctic_hts::hts_engine_params {rate}))"
+    # Diphone voices: their own defaults are Duration_Stretch 1.1 and a target F0 of 105 +- 14 Hz.
+    mean = job.voice.f0 * job.pitch
+    return (f"(Parameter.set 'Duration_Stretch {1.1 / job.rate:.4f})\n"
+            f"(set! int_lr_params '((target_f0_mean {mean:.1f}) (target_f0_std {14 * job.pitch:.1f}) "
+            "(model_f0_mean 170) (model_f0_std 34)))")
+
+
+def _render_festival(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
+    lines, voice = [], None
+    for job in jobs:
+        if job.voice.name != voice:
+            voice = job.voice.name
+            lines.append(f"(voice_{voice})")
+        text = job.text.replace("\\", " ").replace('"', " ")
+        base = os.path.join(tmp, job.uid)
+        lines += [_festival_settings(job), f'(set! utt (Utterance Text "{text}"))', "(utt.synth utt)",
+                  f"(utt.save.wave utt \"{base}.wav\" 'riff)", f'(utt.save.segs utt "{base}.segs")']
+    script = os.path.join(tmp, "batch.scm")
+    Path(script).write_text("\n".join(lines) + "\n")
+    _run_engine(["festival", "-b", script])
+    for job in jobs:
+        base = os.path.join(tmp, job.uid)
+        rows = [line.split() for line in Path(f"{base}.segs").read_text().splitlines()[1:] if line.strip()]
+        audio, sr = sf.read(f"{base}.wav", dtype="float32")
+        yield audio, sr, _segments_from_ends([(row[2], float(row[0])) for row in rows])
+
+
+class _EspeakEvent(ctypes.Structure):
+    class _Id(ctypes.Union):
+        _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+    # espeak_EVENT from speak_lib.h
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", _Id)]
+
+
+class _Espeak:
+    """espeak-ng's C library in synchronous mode, collecting audio and phoneme events per utterance."""
+
+    _EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
+    _RATE, _PITCH = 1, 3  # espeak_PARAMETER
+    _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                 ctypes.POINTER(_EspeakEvent))
+
+    def __init__(self) -> None:
+        self.lib = ctypes.CDLL(ESPEAK_LIBRARY)
+        # AUDIO_OUTPUT_SYNCHRONOUS, default buffer, default data path, espeakINITIALIZE_PHONEME_EVENTS
+        self.sample_rate = self.lib.espeak_Initialize(2, 0, None, 1)
+        if self.sample_rate <= 0:
+            raise RuntimeError("espeak-ng failed to initialise")
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[str, int]] = []
+        self._callback = self._CALLBACK(self._collect)  # keep a reference: the library holds a raw pointer
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    def _collect(self, wav, num_samples, events) -> int:
+        if num_samples > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
+        i = 0
+        while events[i].type != self._EVENT_END_OF_LIST:
+            if events[i].type == self._EVENT_PHONEME:
+                self._events.append((events[i].id.string.decode(), events[i].audio_position))
+            i += 1
+        return 0
+
+    def render(self, voice: str, rate: float, pitch: float, text: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """int16 audio at self.sample_rate and (mnemonic, start ms) phoneme events."""
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise RuntimeError(f"espeak-ng has no voice {voice!r}")
+        self.lib.espeak_SetParameter(self._RATE, round(175 * rate), 0)  # words per minute, default 175
+        self.lib.espeak_SetParameter(self._PITCH, round(min(max(50 + 150 * (pitch - 1), 0), 100)), 0)  # 0-100
+        self._chunks, self._events = [], []
+        data = text.encode()
+        # espeak_Synth(text, size, position, POS_CHARACTER, end_position, espeakCHARS_AUTO, id, user_data)
+        self.lib.espeak_Synth(ctypes.c_char_p(data), len(data) + 1, 0, 1, 0, 0, None, None)
+        self.lib.espeak_Synchronize()
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return audio, self._events
+
+
+_ESPEAK: _Espeak | None = None  # one per worker process, created on first use
+
+
+def espeak_segments(events: Sequence[tuple[str, int]], duration: float) -> Segments:
+    """Segments from espeak phoneme events (mnemonic, start ms); unknown mnemonics join the phone before."""
+    bounds = [start / 1000 for _, start in events[1:]] + [duration]
+    segments: Segments = []
+    for (symbol, start_ms), end in zip(events, bounds):
+        phones = espeak_phones(symbol)
+        if not phones:
+            if segments:
+                segments[-1] = (segments[-1][0], segments[-1][1], end)
+            continue
+        start = start_ms / 1000
+        step = (end - start) / len(phones)
+        segments += [(phone, start + k * step, start + (k + 1) * step) for k, phone in enumerate(phones)]
+    return segments
+
+
+def _render_espeak(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
+    global _ESPEAK
+    if _ESPEAK is None:
+        _ESPEAK = _Espeak()
+    for job in jobs:
+        audio, events = _ESPEAK.render(job.voice.name, job.rate, job.pitch, job.text)
+        duration = len(audio) / _ESPEAK.sample_rate
+        yield audio.astype(np.float32) / 32768, _ESPEAK.sample_rate, espeak_segments(events, duration)
+
+
+RENDERERS: dict[str, Callable[[Sequence[Job], str], Iterator[Rendered]]] = {
+    "espeak": _render_espeak, "flite": _render_flite, "festival": _render_festival,
+}
+
+
+def _synthesize(jobs: Sequence[Job]) -> list[tuple[str, tuple[int, list[str]] | None]]:
+    """Worker: render jobs of one engine, keep 1-6 s utterances as 16 kHz wav; (uid, (samples, phones) | None)."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for job, (audio, sr, segments) in zip(jobs, RENDERERS[jobs[0].voice.engine](jobs, tmp)):
+            if sr != SAMPLE_RATE:
+                g = math.gcd(sr, SAMPLE_RATE)
+                audio = resample_poly(audio, SAMPLE_RATE // g, sr // g).astype(np.float32)
+            if not MIN_SECONDS <= len(audio) / SAMPLE_RATE <= MAX_SECONDS:
+                results.append((job.uid, None))
+                continue
+            noise = np.random.default_rng(zlib.crc32(job.uid.encode())).standard_normal(len(audio))
+            audio = audio + NOISE_FLOOR * noise.astype(np.float32)
+            sf.write(job.wav_path, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+            results.append((job.uid, (len(audio), frame_labels(segments, len(audio)))))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Planning, building, writing
+
+
+def missing_packages() -> list[str]:
+    """Debian packages whose engine, voice or text is not available here."""
+    missing = []
+    if shutil.which("bible") is None:
+        missing.append("bible-kjv")
+    if not (WORDNET_DIR / "data.noun").exists():
+        missing.append("wordnet-base")
+    try:
+        ctypes.CDLL(ESPEAK_LIBRARY)
+    except OSError:
+        missing.append("espeak-ng")
+    if shutil.which("flite") is None:
+        missing.append("flite")
+    else:
+        listed = subprocess.run(["flite", "-lv"], check=False, capture_output=True, text=True).stdout.split()
+        if any(v.name not in listed for v in VOICES if v.engine == "flite"):
+            missing.append("flite")
+    if shutil.which("festival") is None:
+        return missing + ["festival", "festlex-cmu"] + sorted(FESTIVAL_VOICE_PACKAGES.values())
+    query = "(begin (print (voice.list)) (print (lex.list)))"
+    listed = subprocess.run(["festival", "-b", query], check=False, capture_output=True, text=True).stdout
+    missing += [pkg for voice, pkg in sorted(FESTIVAL_VOICE_PACKAGES.items()) if voice not in listed]
+    if '"cmu"' not in listed:
+        missing.append("festlex-cmu")
+    return missing
+
+
+class _Planner:
+    """Draws the utterances of one split in a fixed order: its sentences, voice, rate and pitch."""
+
+    def __init__(self, split: str, sentences: Sequence[tuple[str, str]], voices: Sequence[Voice], seed: int,
+                 wav_dir: Path) -> None:
+        self.split, self.sentences, self.wav_dir = split, sentences, wav_dir
+        self.rng = random.Random(f"{seed}-{split}")
+        self.by_engine = {e: [v for v in voices if v.engine == e] for e in ENGINE_SHARE
+                          if any(v.engine == e for v in voices)}
+        self.next = 0
+
+    def plan(self, count: int) -> list[Job]:
+        if self.next + count > len(self.sentences):
+            raise RuntimeError(f"{self.split}: out of distinct sentences; ask for fewer minutes")
+        engines = list(self.by_engine)
+        jobs = []
+        for transcript, text in self.sentences[self.next:self.next + count]:
+            engine = self.rng.choices(engines, weights=[ENGINE_SHARE[e] for e in engines])[0]
+            voice = self.rng.choice(self.by_engine[engine])
+            rate = round(self.rng.uniform(*RATE_RANGE), 3)
+            # espeak takes a pitch directly; festival's HTS voice (no f0) has no pitch control
+            pitch = round(self.rng.uniform(*PITCH_RANGE), 3) if voice.f0 or engine == "espeak" else 1.0
+            uid = f"{self.split}_{self.next:06d}"
+            jobs.append(Job(uid, self.split, voice, rate, pitch, transcript, text, str(self.wav_dir / f"{uid}.wav")))
+            self.next += 1
+        return jobs
+
+
+def _chunks(jobs: Sequence[Job]) -> list[list[Job]]:
+    """Work units of one engine (festival: one voice per process run), slowest engines first."""
+    size = {"festival": 24, "flite": 12, "espeak": 24}  # festival first: its HTS voice is the slowest
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        key = (job.voice.engine, job.voice.name if job.voice.engine == "festival" else "")
+        groups.setdefault(key, []).append(job)
+    chunks = []
+    for (engine, _), group in sorted(groups.items(), key=lambda item: (list(size).index(item[0][0]), item[0][1])):
+        chunks += [group[i:i + size[engine]] for i in range(0, len(group), size[engine])]
+    return chunks
+
+
+# Planning estimate of one utterance's length; the loop tops up any shortfall.
+_EXPECTED_SECONDS = 2.5
+
+
+def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, overwrite: bool = False,
+                 log: Callable[[str], None] = print) -> dict:
+    """Synthesise the corpus into out_dir (see the module docstring) and return its summary."""
+    missing = missing_packages()
+    if missing:
+        raise SystemExit("mamba-hubert-corpus: missing Debian packages: " + " ".join(missing)
+                         + "\n  install them with: apt-get install " + " ".join(missing))
+    out = Path(out_dir).resolve()
+    if (out / "wav").exists():
+        if not overwrite:
+            raise SystemExit(f"mamba-hubert-corpus: {out}/wav exists; pass --overwrite to rebuild")
+        shutil.rmtree(out / "wav")
+    start = time.time()
+    sentences = load_sentences()
+    random.Random(seed).shuffle(sentences)
+    counts = {split: round(len(sentences) * share) for split, share in SPLIT_SHARE.items() if split != "train"}
+    counts["train"] = len(sentences) - sum(counts.values())
+    planners, budget, bounds = {}, {}, 0
+    for split, share in SPLIT_SHARE.items():
+        count = counts[split]
+        voices = [v for v in VOICES if (v.speaker in TEST_SPEAKERS) == (split == "test")]
+        (out / "wav" / split).mkdir(parents=True, exist_ok=True)
+        planners[split] = _Planner(split, sentences[bounds:bounds + count], voices, seed, out / "wav" / split)
+        budget[split] = minutes * 60 * share
+        bounds += count
+    log(f"[corpus] {len(sentences)} sentences; synthesising {minutes:g} min of audio with {jobs} jobs")
+
+    accepted: dict[str, list[tuple[Job, int, list[str]]]] = {split: [] for split in SPLIT_SHARE}
+    seconds = dict.fromkeys(SPLIT_SHARE, 0.0)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    # A fresh process per work unit: espeak-ng's output depends on what the process synthesised before, so
+    # reusing workers would make the audio depend on scheduling.
+    with context.Pool(jobs, maxtasksperchild=1) as pool:
+        while any(seconds[s] < budget[s] for s in SPLIT_SHARE):
+            planned = []
+            for split in SPLIT_SHARE:
+                short = budget[split] - seconds[split]
+                if short > 0:
+                    planned += planners[split].plan(math.ceil(1.15 * short / _EXPECTED_SECONDS) + 2)
+            results: dict[str, tuple[int, list[str]] | None] = {}
+            chunks = _chunks(planned)
+            for done, chunk_results in enumerate(pool.imap_unordered(_synthesize, chunks), 1):
+                results.update(chunk_results)
+                if done % max(1, len(chunks) // 10) == 0:
+                    log(f"[corpus] synthesised {len(results)} / {len(planned)} planned utterances")
+            for job in planned:  # accept in planned order, so the corpus does not depend on scheduling
+                result = results[job.uid]
+                if result is None:
+                    continue
+                if seconds[job.split] < budget[job.split]:
+                    accepted[job.split].append((job, *result))
+                    seconds[job.split] += result[0] / SAMPLE_RATE
+                else:
+                    os.remove(job.wav_path)
+            log(f"[corpus] {sum(seconds.values()) / 60:.1f} / {minutes:g} min after {time.time() - start:.0f} s")
+
+    summary = _write_outputs(out, accepted)
+    summary.update(seed=seed, minutes_requested=minutes, build_seconds=round(time.time() - start, 1))
+    (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"[corpus] wrote {out} in {summary['build_seconds']} s: "
+        + ", ".join(f"{s} {v['utterances']} utts / {v['minutes']} min" for s, v in summary["splits"].items()))
+    return summary
+
+
+def _write_dict(path: Path, symbols: Sequence[str], counts: Counter, sort: bool) -> None:
+    """fairseq dictionary ("symbol count" lines); every symbol listed, counts from train."""
+    order = sorted(symbols, key=lambda s: (-counts[s], s)) if sort else symbols
+    path.write_text("".join(f"{s} {counts[s]}\n" for s in order))
+
+
+def _write_outputs(out: Path, accepted: dict[str, list[tuple[Job, int, list[str]]]]) -> dict:
+    letter_counts: Counter = Counter()
+    phone_counts: Counter = Counter()
+    summary: dict = {"splits": {}}
+    for split, items in accepted.items():
+        tsv, ltr, wrd, phn = [str(out)], [], [], []
+        meta = ["id\tengine\tvoice\tspeaker\trate\tpitch\ttext"]
+        for job, num_samples, phones in items:
+            letters = " ".join(job.transcript.replace(" ", "|")) + " |"
+            tsv.append(f"{Path(job.wav_path).relative_to(out)}\t{num_samples}")
+            ltr.append(letters)
+            wrd.append(job.transcript)
+            phn.append(" ".join(phones))
+            v = job.voice
+            meta.append(f"{job.uid}\t{v.engine}\t{v.name}\t{v.speaker}\t{job.rate}\t{job.pitch}\t{job.text}")
+            if split == "train":
+                letter_counts.update(letters.split())
+                phone_counts.update(phones)
+        for ext, lines in (("tsv", tsv), ("ltr", ltr), ("wrd", wrd), ("phn", phn), ("meta.tsv", meta)):
+            (out / f"{split}.{ext}").write_text("".join(line + "\n" for line in lines))
+        summary["splits"][split] = {
+            "utterances": len(items),
+            "minutes": round(sum(n for _, n, _ in items) / SAMPLE_RATE / 60, 2),
+            "speakers": sorted({job.voice.speaker for job, _, _ in items}),
+        }
+    _write_dict(out / "dict.ltr.txt", LETTERS, letter_counts, sort=True)
+    _write_dict(out / "dict.phn.txt", PHONES, phone_counts, sort=False)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mamba-hubert-corpus", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--minutes", type=float, default=20.0, help="total audio over all splits")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus in --out")
+    args = parser.parse_args(argv)
+    build_corpus(args.out, args.minutes, args.jobs, args.seed, args.overwrite,
+                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""HuBERT pseudo-labels with fairseq's own k-means scripts (examples/hubert/simple_kmeans in fairseq).
+
+    python -m mamba_hubert.data.kmeans --feat-dir F --label-dir OUT --splits train valid test --n-clusters K \
+        [--nshard 1] [--percent 1.0] [--fit-split train] [--seed 0] [--n-init 20] [--max-iter 100]
+
+Fits k-means with learn_kmeans.py on the fit split's feature shards ({split}_{rank}_{nshard}.npy/.len, as
+written by mamba_hubert.data.mfcc or fairseq's dump_*_feature.py), labels every split's shards with
+dump_km_label.py, merges the shards into OUT/{split}.km and writes OUT/dict.km.txt: the files fairseq's
+hubert_pretraining task reads (task.label_dir, task.labels=["km"]).
+"""
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def simple_kmeans_dir() -> Path:
+    """Where the installed fairseq keeps examples/hubert/simple_kmeans."""
+    spec = importlib.util.find_spec("fairseq")  # located, not imported: the scripts run in their own process
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("fairseq is not installed")
+    path = Path(spec.origin).resolve().parent / "examples" / "hubert" / "simple_kmeans"
+    if not (path / "learn_kmeans.py").exists():
+        raise FileNotFoundError(f"{path}/learn_kmeans.py not found: this fairseq does not ship its examples")
+    return path
+
+
+def _run(script: str, *args: object) -> str:
+    """Run one simple_kmeans script with this interpreter; its (verbose) log is shown only on failure."""
+    cmd = [sys.executable, str(simple_kmeans_dir() / script), *map(str, args)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+    return proc.stdout
+
+
+def _shard_lengths(feat_dir: str, split: str, nshard: int) -> list[int]:
+    lengths = []
+    for rank in range(nshard):
+        with open(os.path.join(feat_dir, f"{split}_{rank}_{nshard}.len")) as f:
+            lengths += [int(line) for line in f]
+    return lengths
+
+
+def run_kmeans(feat_dir: str, label_dir: str, splits: Sequence[str], n_clusters: int, nshard: int = 1,
+               percent: float = 1.0, fit_split: str = "train", seed: int = 0, n_init: int = 20,
+               max_iter: int = 100) -> None:
+    """Fit k-means on fit_split, label every split, write label_dir/{split}.km and label_dir/dict.km.txt.
+
+    percent: fraction of the fit split's utterances the k-means sees (-1: all, read from a memory map).
+    """
+    os.makedirs(label_dir, exist_ok=True)
+    km_path = os.path.join(label_dir, f"kmeans_{n_clusters}.joblib")
+    print(f"[kmeans] fitting {n_clusters} clusters on {fit_split} ({feat_dir})", file=sys.stderr, flush=True)
+    log = _run("learn_kmeans.py", feat_dir, fit_split, nshard, km_path, n_clusters, "--seed", seed,
+               "--percent", percent, "--n_init", n_init, "--max_iter", max_iter)
+    inertia = [line for line in log.splitlines() if "total intertia" in line]  # fairseq's spelling
+    if inertia:
+        print(f"[kmeans] {inertia[-1].split('|')[-1].strip()}", file=sys.stderr, flush=True)
+    for split in splits:
+        shards = []
+        for rank in range(nshard):
+            _run("dump_km_label.py", feat_dir, split, km_path, nshard, rank, label_dir)
+            shards.append(os.path.join(label_dir, f"{split}_{rank}_{nshard}.km"))
+        lines = []
+        for shard in shards:
+            lines += Path(shard).read_text().splitlines()
+            os.remove(shard)
+        expected = _shard_lengths(feat_dir, split, nshard)
+        if [len(line.split()) for line in lines] != expected:
+            raise RuntimeError(f"{split}: k-means labels do not match the feature frame counts in {feat_dir}")
+        Path(label_dir, f"{split}.km").write_text("".join(line + "\n" for line in lines))
+        print(f"[kmeans] {split}: {len(lines)} utterances -> {label_dir}/{split}.km", file=sys.stderr, flush=True)
+    Path(label_dir, "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(n_clusters)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--feat-dir", required=True, help="feature shards {split}_{rank}_{nshard}.npy/.len")
+    parser.add_argument("--label-dir", required=True, help="output: {split}.km, dict.km.txt, the k-means model")
+    parser.add_argument("--splits", nargs="+", default=["train", "valid", "test"])
+    parser.add_argument("--n-clusters", type=int, required=True)
+    parser.add_argument("--nshard", type=int, default=1)
+    parser.add_argument("--percent", type=float, default=1.0, help="fraction of fit-split utterances; -1: all")
+    parser.add_argument("--fit-split", default="train")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-init", type=int, default=20, help="k-means++ initialisations (fairseq's default)")
+    parser.add_argument("--max-iter", type=int, default=100)
+    args = parser.parse_args(argv)
+    run_kmeans(args.feat_dir, args.label_dir, args.splits, args.n_clusters, args.nshard, args.percent,
+               args.fit_split, args.seed, args.n_init, args.max_iter)
+
+
+if __name__ == "__main__":
+    main()

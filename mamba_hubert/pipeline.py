@@ -1,0 +1,58 @@
+"""Runs fairseq's own command-line tools (training, decoding) as subprocesses, with their logs kept."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+PLUGIN_DIR = Path(__file__).resolve().parent
+CONFIG_ROOT = PLUGIN_DIR.parent / "examples" / "config"
+PROGRESS_MARKERS = ("[train_inner]", "[train]", "[valid]", "done training", "WER:", "Error", "error:")
+_WER = re.compile(r"WER: ([0-9.]+)")
+
+
+def run_fairseq(args: List[str], log_path: Path, echo: Optional[Callable[[str], None]] = None) -> str:
+    """Runs one fairseq console script of this interpreter's environment; writes its whole output to
+    `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [str(Path(sys.executable).parent / args[0]), *args[1:]]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    with open(log_path, "w") as log, subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as process:
+        for line in process.stdout:
+            log.write(line)
+            lines.append(line)
+            if echo is not None and any(marker in line for marker in PROGRESS_MARKERS):
+                echo(line.rstrip())
+    output = "".join(lines)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} failed ({process.returncode}); log: {log_path}\n{output[-4000:]}")
+    return output
+
+
+def hydra_train(config: str, overrides: List[str], log_path: Path, echo: Optional[Callable[[str], None]] = None) -> str:
+    """`fairseq-hydra-train` with an example config, e.g. config="pretrain/tiny_conbimamba"."""
+    group, name = config.split("/")
+    args = ["fairseq-hydra-train", "--config-dir", str(CONFIG_ROOT / group), "--config-name", name,
+            f"common.user_dir={PLUGIN_DIR}", *overrides]
+    return run_fairseq(args, log_path, echo)
+
+
+def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str, log_path: Path,
+                 echo: Optional[Callable[[str], None]] = None) -> float:
+    """Decodes `subset` with `fairseq-generate --scoring wer` (greedy CTC) and returns the WER it prints."""
+    output = run_fairseq(
+        ["fairseq-generate", str(data_dir), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
+         "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--label-dir", str(label_dir),
+         "--path", str(checkpoint), "--gen-subset", subset, "--scoring", "wer", "--post-process", "letter",
+         "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1"],
+        log_path, echo,
+    )
+    match = _WER.search(output)
+    if match is None:
+        raise RuntimeError(f"fairseq-generate printed no WER; log: {log_path}")
+    return float(match.group(1))

@@ -1,0 +1,156 @@
+"""The TTS corpus recipe: manifests, transcripts and phone labels agree with the audio; splits hold out
+speakers and sentences; the build is deterministic. Needs the Debian TTS packages (skipped without them)."""
+
+import filecmp
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mamba_hubert.data import corpus
+from mamba_hubert.frames import conv_output_length
+
+SPLITS = ("train", "valid", "test")
+MISSING = corpus.missing_packages()
+needs_engines = pytest.mark.skipif(bool(MISSING), reason=f"TTS packages not installed: {' '.join(MISSING)}")
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    if MISSING:
+        pytest.skip(f"TTS packages not installed: {' '.join(MISSING)}")
+    out = tmp_path_factory.mktemp("corpus")
+    corpus.build_corpus(str(out), minutes=1.0, jobs=2, seed=0, log=lambda _: None)
+    return out
+
+
+def _lines(path: Path) -> list:
+    return path.read_text().splitlines()
+
+
+def _manifest(out: Path, split: str) -> list:
+    root, *rows = _lines(out / f"{split}.tsv")
+    assert root == str(out)
+    return [(row.split("\t")[0], int(row.split("\t")[1])) for row in rows]
+
+
+def _meta(out: Path, split: str) -> list:
+    header, *rows = _lines(out / f"{split}.meta.tsv")
+    keys = header.split("\t")
+    return [dict(zip(keys, row.split("\t"))) for row in rows]
+
+
+@needs_engines
+def test_every_wav_listed_once_with_its_true_length(corpus_dir):
+    listed = Counter(path for split in SPLITS for path, _ in _manifest(corpus_dir, split))
+    on_disk = {str(p.relative_to(corpus_dir)) for p in (corpus_dir / "wav").rglob("*.wav")}
+    assert set(listed) == on_disk and set(listed.values()) == {1}
+    for split in SPLITS:
+        assert _manifest(corpus_dir, split), f"{split} is empty"
+        for path, num_samples in _manifest(corpus_dir, split):
+            info = sf.info(corpus_dir / path)
+            assert (info.samplerate, info.channels, info.frames) == (16000, 1, num_samples)
+            assert corpus.MIN_SECONDS <= num_samples / 16000 <= corpus.MAX_SECONDS
+
+
+@needs_engines
+def test_transcripts_and_labels_line_up_with_the_manifest(corpus_dir):
+    letters = {line.split()[0] for line in _lines(corpus_dir / "dict.ltr.txt")}
+    phones = [line.split()[0] for line in _lines(corpus_dir / "dict.phn.txt")]
+    assert phones == list(corpus.PHONES)
+    for split in SPLITS:
+        manifest = _manifest(corpus_dir, split)
+        ltr, wrd = _lines(corpus_dir / f"{split}.ltr"), _lines(corpus_dir / f"{split}.wrd")
+        phn, meta = _lines(corpus_dir / f"{split}.phn"), _meta(corpus_dir, split)
+        assert len(ltr) == len(wrd) == len(phn) == len(meta) == len(manifest)
+        for (path, num_samples), letter_line, words, phone_line, row in zip(manifest, ltr, wrd, phn, meta):
+            assert Path(path).stem == row["id"]
+            assert letter_line.endswith(" |") and letter_line.replace(" ", "").replace("|", " ").strip() == words
+            assert set(letter_line.split()) <= letters
+            assert all(word.replace("'", "").isalpha() and word.isupper() for word in words.split())
+            labels = phone_line.split()
+            assert len(labels) == conv_output_length(num_samples)
+            assert set(labels) <= set(phones) and set(labels) - {"SIL"}
+
+
+@needs_engines
+def test_test_split_holds_out_speakers_and_sentences(corpus_dir):
+    speakers = {split: {row["speaker"] for row in _meta(corpus_dir, split)} for split in SPLITS}
+    assert speakers["test"] <= corpus.TEST_SPEAKERS
+    assert not (speakers["train"] | speakers["valid"]) & corpus.TEST_SPEAKERS
+    sentences = {split: set(_lines(corpus_dir / f"{split}.wrd")) for split in SPLITS}
+    assert not sentences["test"] & (sentences["train"] | sentences["valid"])
+    assert not sentences["valid"] & sentences["train"]
+    engines = {row["engine"] for split in SPLITS for row in _meta(corpus_dir, split)}
+    assert engines == {"espeak", "flite", "festival"}
+
+
+@needs_engines
+def test_phone_labels_are_aligned_with_the_audio(corpus_dir):
+    """SIL frames are near-silent and vowel frames loud, per engine: the timings belong to this audio."""
+    vowels = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
+    levels: dict = {}
+    for split in SPLITS:
+        rows = zip(_manifest(corpus_dir, split), _lines(corpus_dir / f"{split}.phn"), _meta(corpus_dir, split))
+        for (path, _), phone_line, row in rows:
+            wav, _ = sf.read(corpus_dir / path)
+            for i, label in enumerate(phone_line.split()):
+                centre = wav[320 * i + 120:320 * i + 280]  # the middle 10 ms of the frame's window
+                kind = "sil" if label == "SIL" else "vowel" if label in vowels else None
+                if kind:
+                    levels.setdefault((row["engine"], kind), []).append(10 * np.log10(np.mean(centre**2) + 1e-10))
+    for engine in ("espeak", "flite", "festival"):
+        assert np.median(levels[engine, "sil"]) < np.median(levels[engine, "vowel"]) - 25, engine
+
+
+@needs_engines
+def test_same_seed_same_corpus_whatever_the_scheduling(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out, jobs in ((first, 1), (second, 2)):
+        corpus.build_corpus(str(out), minutes=0.4, jobs=jobs, seed=7, log=lambda _: None)
+    for name in ("train.wrd", "train.phn", "test.phn", "valid.meta.tsv", "dict.ltr.txt"):
+        assert (first / name).read_text() == (second / name).read_text(), name
+    wavs = [str(p.relative_to(first)) for p in (first / "wav").rglob("*.wav")]
+    _, mismatch, errors = filecmp.cmpfiles(first, second, wavs, shallow=False)
+    assert wavs and not mismatch and not errors
+
+
+def test_missing_engines_are_named_with_their_debian_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no engine binaries reachable
+    with pytest.raises(SystemExit, match="apt-get install .*bible-kjv.*flite.*festival"):
+        corpus.build_corpus(str(tmp_path / "out"), minutes=0.1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_frame_label_takes_the_phone_at_the_window_centre():
+    # Frame i covers samples [320 i, 320 i + 400) at 16 kHz: its centre is at 20 i + 12.5 ms.
+    segments = [("SIL", 0.0, 0.030), ("AA", 0.030, 0.055), ("B", 0.055, 0.1)]
+    labels = corpus.frame_labels(segments, num_samples=3200)  # 0.2 s
+    assert len(labels) == conv_output_length(3200) == 9
+    assert labels[:4] == ["SIL", "AA", "AA", "B"]  # centres 12.5, 32.5, 52.5, 72.5 ms
+    assert labels[5:] == ["SIL"] * 4  # past the last phone
+
+
+def test_espeak_mnemonics_map_onto_the_phone_set():
+    assert corpus.espeak_phones("t#") == ("T",)  # allophone marks are stripped
+    assert corpus.espeak_phones("@2") == ("AH",)
+    assert corpus.espeak_phones("aI@") == ("AY", "ER")
+    assert corpus.espeak_phones("Q!") is None
+    for phones in corpus.ESPEAK_TO_ARPABET.values():
+        assert set(phones) <= set(corpus.PHONES)
+    # A two-phone mnemonic shares its time; ";" joins the phone before; an unknown one too.
+    segments = corpus.espeak_segments([("h", 0), ("aI@", 100), (";", 300), ("Q!", 350), ("_", 400)], 0.5)
+    assert [name for name, _, _ in segments] == ["HH", "AY", "ER", "SIL"]
+    assert [t for _, start, end in segments for t in (start, end)] == pytest.approx(
+        [0.0, 0.1, 0.1, 0.2, 0.2, 0.4, 0.4, 0.5])
+
+
+def test_sentence_normalisation():
+    assert corpus.normalise_sentence("He said, \"go now\" -- and left") == (
+        "HE SAID GO NOW AND LEFT", "He said, go now, and left.")
+    assert corpus.normalise_sentence("don't touch the fathers' well-kept house")[0] == (
+        "DON'T TOUCH THE FATHERS WELL KEPT HOUSE")
+    for unspeakable in ("It cost 5 pounds", "Mr. Smith went home", "the NATO summit met", "Go", "a b c d"):
+        assert corpus.normalise_sentence(unspeakable) is None, unspeakable
