@@ -17,6 +17,7 @@ setup(
             "mamba-hubert-params=mamba_hubert.models.param_count:main",
             "mamba-hubert-corpus=mamba_hubert.data.corpus:main",
             "mamba-hubert-check=mamba_hubert.data.check:main",
+            "mamba-hubert-mi=mamba_hubert.analysis.cli:main",
         ]
     },
 )

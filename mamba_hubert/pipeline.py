@@ -47,7 +47,7 @@ def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str,
     """Decodes `subset` with `fairseq-generate --scoring wer` (greedy CTC) and returns the WER it prints."""
     output = run_fairseq(
         ["fairseq-generate", str(data_dir), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
-         "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--label-dir", str(label_dir),
+         "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(label_dir),
          "--path", str(checkpoint), "--gen-subset", subset, "--scoring", "wer", "--post-process", "letter",
          "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1"],
         log_path, echo,

@@ -1,0 +1,84 @@
+"""`mamba-hubert-mi`: layer-wise mutual information of one or more checkpoints, as JSON and PNG plots.
+
+    mamba-hubert-mi --checkpoint a.pt --checkpoint b.pt --data DIR --subset valid --out mi/
+
+Works for `mamba_hubert`, fairseq `hubert` and fine-tuned `hubert_ctc` checkpoints, on CPU.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from fairseq import checkpoint_utils
+from fairseq.data import Dictionary
+
+import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
+from mamba_hubert.analysis.layerwise import layerwise_mi
+from mamba_hubert.analysis.plots import plot_information_plane, plot_mi_curves
+from mamba_hubert.data.mfcc import read_manifest
+
+
+def load_probe_set(data_dir: str, subset: str, max_utterances: int, label: str | None
+                   ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The first `max_utterances` waves of {subset}.tsv and, if `label` is given, their frame labels as ids."""
+    root, entries = read_manifest(os.path.join(data_dir, f"{subset}.tsv"))
+    entries = entries[:max_utterances]
+    waves = [sf.read(os.path.join(root, path), dtype="float32")[0] for path, _ in entries]
+    if label is None:
+        return waves, None
+    dictionary = Dictionary.load(os.path.join(data_dir, f"dict.{label}.txt"))
+    label_path = os.path.join(data_dir, f"{subset}.{label}")
+    with open(label_path) as f:
+        lines = [next(f) for _ in entries]
+    labels = [np.array([dictionary.index(s) for s in line.split()]) for line in lines]
+    return waves, labels
+
+
+def analyse_checkpoint(checkpoint: str, waves, labels, data_dir: str, args) -> list[dict]:
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_dir})
+    return layerwise_mi(models[0], waves, labels, seeds=args.seeds, mine_iterations=args.mine_iterations,
+                        max_frames=args.max_frames,
+                        progress=lambda message: print(f"[mi] {Path(checkpoint).name}: {message}", file=sys.stderr,
+                                                       flush=True))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mamba-hubert-mi", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", action="append", required=True, help="repeat for several models")
+    parser.add_argument("--name", action="append", help="legend name per checkpoint (default: file path)")
+    parser.add_argument("--data", required=True, help="directory with {subset}.tsv (and {subset}.phn)")
+    parser.add_argument("--subset", default="valid")
+    parser.add_argument("--labels", default="phn", help="frame-label suffix for I(T;Y); 'none' to skip")
+    parser.add_argument("--max-utterances", type=int, default=100)
+    parser.add_argument("--max-frames", type=int, default=8000, help="frames pooled per estimate (subsampled)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--mine-iterations", type=int, default=None, help="default: the estimator's")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    names = args.name or args.checkpoint
+    if len(names) != len(args.checkpoint):
+        parser.error("give one --name per --checkpoint")
+    label = None if args.labels == "none" else args.labels
+    if label is not None and not os.path.exists(os.path.join(args.data, f"{args.subset}.{label}")):
+        parser.error(f"{args.data}/{args.subset}.{label} not found (use --labels none to skip I(T;Y))")
+    waves, labels = load_probe_set(args.data, args.subset, args.max_utterances, label)
+    results = {name: analyse_checkpoint(ckpt, waves, labels, args.data, args)
+               for name, ckpt in zip(names, args.checkpoint)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "mi.json").write_text(json.dumps({
+        "subset": args.subset, "utterances": len(waves), "seeds": args.seeds,
+        "checkpoints": dict(zip(names, args.checkpoint)), "layers": results}, indent=2) + "\n")
+    plot_mi_curves(results, args.out / "mi_xt.png")
+    if label is not None:
+        plot_mi_curves(results, args.out / "mi_ty.png", key="mi_ty", ylabel="I(T_i; Y) [nats], phone probe bound")
+        plot_information_plane(results, args.out / "information_plane.png")
+    print(f"[mi] wrote {args.out}/mi.json and plots", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Figures of layer-wise MI: curves per model on one axis, and the information plane."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_mi_curves(results: dict[str, list[dict]], path: Path, key: str = "mi_xt",
+                   ylabel: str = "I(X; T_i) [nats], MINE") -> None:
+    """MI against layer index for every model, error bars = spread over seeds."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, rows in results.items():
+        rows = [r for r in rows if key in r]
+        ax.errorbar([r["layer"] for r in rows], [r[key]["mean"] for r in rows], yerr=[r[key]["std"] for r in rows],
+                    marker="o", capsize=3, label=name)
+    ax.set_xlabel("encoder layer")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_information_plane(results: dict[str, list[dict]], path: Path) -> None:
+    """I(X;T_i) against I(T_i;Y), one line per model through its layers (labels mark the layer)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, rows in results.items():
+        rows = [r for r in rows if "mi_ty" in r]
+        if not rows:
+            continue
+        xs, ys = [r["mi_xt"]["mean"] for r in rows], [r["mi_ty"]["mean"] for r in rows]
+        (line,) = ax.plot(xs, ys, marker="o", label=name)
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(str(r["layer"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line.get_color())
+    ax.set_xlabel("I(X; T_i) [nats], MINE")
+    ax.set_ylabel("I(T_i; Y) [nats], phone probe bound")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
