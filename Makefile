@@ -2,7 +2,7 @@
 PYTHON ?= .venv/bin/python
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test lint system-deps
+.PHONY: demo test lint system-deps bench
 
 .venv/.installed: scripts/setup_venv.sh setup.py
 	bash scripts/setup_venv.sh
@@ -18,3 +18,7 @@ test: .venv/.installed system-deps
 
 lint: .venv/.installed
 	.venv/bin/ruff check .
+
+bench: .venv/.installed
+	bash scripts/setup_bench_deps.sh
+	$(PYTHON) benchmarks/bench_scan.py --out benchmarks/results/scan --png

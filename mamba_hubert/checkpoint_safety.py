@@ -78,11 +78,9 @@ def _numpy_globals() -> list[Callable | tuple[Callable, str]]:
     # step checks that class, so every one of them must be listed.
     found += sorted({type(np.dtype(t)) for t in np.sctypeDict.values()}, key=lambda c: c.__name__)
     for name in ("scalar", "_reconstruct"):
+        # Pickles written under numpy 1.x name numpy.core.*, under numpy 2 numpy._core.*: accept both spellings.
         function = getattr(multiarray, name)
-        found.append(function)
-        # Pickles written under numpy 1.x name numpy.core.*; numpy 2 keeps them loadable via numpy._core.
-        found.append((function, f"numpy.core.multiarray.{name}"))
-        found.append((function, f"numpy._core.multiarray.{name}"))
+        found += [(function, f"numpy.core.multiarray.{name}"), (function, f"numpy._core.multiarray.{name}")]
     return found
 
 
@@ -110,8 +108,9 @@ def _offending_globals(path: str, error: BaseException) -> list[str]:
         found = []
     if found:
         return sorted(found)
-    message = str(error)
-    return sorted({m.group(1).strip() for p in _UNSAFE_GLOBAL_PATTERNS for m in p.finditer(message)})
+    names = {m.group(1) for pattern in _UNSAFE_GLOBAL_PATTERNS for m in pattern.finditer(str(error))}
+    # torch's message drops the "builtins." of builtins (exec, eval, ...).
+    return sorted(name if "." in name else f"builtins.{name}" for name in names)
 
 
 def _is_broken_name(name: str) -> bool:
@@ -173,7 +172,7 @@ def _wrap_load_checkpoint_to_cpu() -> None:
     if getattr(original, "_mamba_hubert_safe", False):
         return
 
-    def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
+    def load_checkpoint_to_cpu(path: str, arg_overrides: dict | None = None, load_on_all_ranks: bool = False) -> dict:
         try:
             return original(path, arg_overrides=arg_overrides, load_on_all_ranks=load_on_all_ranks)
         except _PATH_ERRORS:

@@ -15,13 +15,14 @@ _WER = re.compile(r"WER: ([0-9.]+)")
 
 def run_fairseq(args: List[str], log_path: Path, echo: Optional[Callable[[str], None]] = None) -> str:
     """Runs one fairseq console script of this interpreter's environment; writes its whole output to
-    `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails."""
+    `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails. It runs in
+    `log_path`'s folder, where hydra leaves its own files."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [str(Path(sys.executable).parent / args[0]), *args[1:]]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     with open(log_path, "w") as log, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=log_path.parent
     ) as process:
         for line in process.stdout:
             log.write(line)

@@ -6,6 +6,7 @@ is paid once per machine. Importing this module never builds or raises; `is_avai
 and reports failure as False, with `unavailable_reason()` saying why, so callers can fall back to PyTorch.
 """
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -25,6 +26,14 @@ _reason: str | None = None
 ScanOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+def _build_name() -> str:
+    """Extension name keyed by the source and flags: torch's cache decides staleness by file times only, so an
+    edited or reinstalled source with an older time stamp would otherwise load an old build."""
+    with open(_SOURCE, "rb") as source:
+        digest = hashlib.sha256(source.read() + " ".join(_CFLAGS).encode()).hexdigest()[:12]
+    return f"mamba_hubert_selective_scan_cpu_{digest}"
+
+
 def _load() -> ModuleType | None:
     global _module, _reason
     with _lock:
@@ -33,7 +42,7 @@ def _load() -> ModuleType | None:
                 from torch.utils.cpp_extension import load
 
                 _module = load(
-                    name="mamba_hubert_selective_scan_cpu",
+                    name=_build_name(),
                     sources=[_SOURCE],
                     extra_cflags=_CFLAGS,
                     extra_ldflags=["-fopenmp"],
@@ -58,6 +67,11 @@ def unavailable_reason() -> str | None:
 def checkpoint_interval() -> int:
     """Time steps between the hidden states that the forward keeps for the backward."""
     return int(_extension().checkpoint_interval)
+
+
+def set_avx2(enabled: bool) -> bool:
+    """Allow (default) or forbid the AVX2+FMA code path, e.g. to test the baseline one; returns whether it runs."""
+    return bool(_extension().set_avx2(enabled))
 
 
 def _extension() -> ModuleType:

@@ -8,12 +8,14 @@
 // the backward recomputes one chunk of states at a time from those checkpoints before its reverse scan.
 // The state dimension is processed in 32-byte packs (GCC vector extensions), so vectorisation does not depend
 // on the auto-vectoriser; the code is compiled twice (baseline x86-64, where a pack is two SSE registers, and
-// AVX2+FMA) and picked at run time, so a cached build stays valid on any x86-64 CPU.
+// AVX2+FMA) and picked at run time, so a cached build stays valid on any x86-64 CPU. Elsewhere (e.g. aarch64)
+// only the generic build is used; GCC maps the packs onto that machine's vector registers.
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -28,6 +30,11 @@ constexpr int64_t kLanes = 8;        // the state dim is zero-padded to a multip
 constexpr int64_t kMaxGroup = 32;    // lanes handled together in one pass over time
 
 #define MH_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__)
+#define MH_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define MH_AVX2  // other architectures run the baseline build only (cpu_has_avx2() is false)
+#endif
 
 // ---------------------------------------------------------------------------------------------------------
 // Packs: 32 bytes of one element type. Every math helper below takes a scalar or a pack alike, so the
@@ -35,6 +42,7 @@ constexpr int64_t kMaxGroup = 32;    // lanes handled together in one pass over 
 
 using f8 = float __attribute__((vector_size(32)));
 using i8 = int32_t __attribute__((vector_size(32)));
+using u8 = uint32_t __attribute__((vector_size(32)));
 using f4 = float __attribute__((vector_size(16)));
 using d4 = double __attribute__((vector_size(32)));
 using d2 = double __attribute__((vector_size(16)));
@@ -76,8 +84,6 @@ MH_INLINE double hsum(d4 v) {
   return s[0] + s[1];
 }
 
-MH_INLINE int32_t to_int(float x) { return static_cast<int32_t>(x); }
-MH_INLINE i8 to_int(f8 x) { return __builtin_convertvector(x, i8); }
 MH_INLINE float to_float(int32_t x) { return static_cast<float>(x); }
 MH_INLINE f8 to_float(i8 x) { return __builtin_convertvector(x, f8); }
 
@@ -92,13 +98,15 @@ MH_INLINE To bit_cast(const From& x) {
 // Cephes-style expf for float scalars and packs (a few ulp): exp(x) = 2^k exp(r), k = round(x / ln2),
 // |r| <= ln2 / 2. Inputs are clamped to the normal range: results below FLT_MIN come out as FLT_MIN and
 // above ~2^127 saturate instead of reaching inf.
-template <typename V, typename I>
+template <typename V, typename U>
 MH_INLINE V exp_float(V x) {
   x = x < -87.3365447f ? -87.3365447f : x;
   x = x > 88.3762626f ? 88.3762626f : x;
-  const V kf = x * 1.44269504088896341f + 0.5f;
-  V k = to_float(to_int(kf));
-  k = k > kf ? k - 1.0f : k;  // floor, also for negative kf
+  // Adding 1.5 * 2^23 rounds x / ln2 to an integer held in the low mantissa bits; the extra 127 is the
+  // exponent bias, so shifting those bits into the exponent field gives 2^k directly.
+  constexpr float kShift = 12582912.0f + 127.0f;
+  const V t = x * 1.44269504088896341f + kShift;
+  const V k = t - kShift;
   const V r = x - k * 0.693359375f + k * 2.12194440e-4f;  // ln2 split in two so that k * ln2 is exact
   V p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -106,7 +114,7 @@ MH_INLINE V exp_float(V x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  return p * bit_cast<V>((to_int(k) + 127) << 23);
+  return p * bit_cast<V>(bit_cast<U>(t) << 23);
 }
 
 // Cephes-style logf for positive normal x: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log(m) by a
@@ -132,8 +140,8 @@ MH_INLINE V log_float(V x) {
   return m + y + e * 0.693359375f;
 }
 
-MH_INLINE float exp_v(float x) { return exp_float<float, int32_t>(x); }
-MH_INLINE f8 exp_v(f8 x) { return exp_float<f8, i8>(x); }
+MH_INLINE float exp_v(float x) { return exp_float<float, uint32_t>(x); }
+MH_INLINE f8 exp_v(f8 x) { return exp_float<f8, u8>(x); }
 MH_INLINE float log_v(float x) { return log_float<float, int32_t>(x); }
 MH_INLINE f8 log_v(f8 x) { return log_float<f8, i8>(x); }
 // float64 only serves gradient checks: libm, lane by lane.
@@ -324,8 +332,7 @@ MH_INLINE void forward_rows(const Problem<T>& p, const ForwardOut<T>& o, int64_t
 }
 
 template <typename T>
-__attribute__((target("avx2,fma"))) void forward_rows_avx2(const Problem<T>& p, const ForwardOut<T>& o,
-                                                            int64_t begin, int64_t end) {
+MH_AVX2 void forward_rows_avx2(const Problem<T>& p, const ForwardOut<T>& o, int64_t begin, int64_t end) {
   forward_rows(p, o, begin, end);
 }
 
@@ -469,9 +476,8 @@ MH_INLINE void backward_rows(const Problem<T>& p, const BackwardIo<T>& io, const
 }
 
 template <typename T>
-__attribute__((target("avx2,fma"))) void backward_rows_avx2(const Problem<T>& p, const BackwardIo<T>& io,
-                                                             const Scratch<T>& s, int64_t batch_index,
-                                                             int64_t begin, int64_t end) {
+MH_AVX2 void backward_rows_avx2(const Problem<T>& p, const BackwardIo<T>& io, const Scratch<T>& s,
+                                int64_t batch_index, int64_t begin, int64_t end) {
   backward_rows(p, io, s, batch_index, begin, end);
 }
 
@@ -484,9 +490,23 @@ void backward_rows_base(const Problem<T>& p, const BackwardIo<T>& io, const Scra
 // ---------------------------------------------------------------------------------------------------------
 // Tensor plumbing
 
-bool has_avx2() {
+bool cpu_has_avx2() {
+#if defined(__x86_64__)
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
+#else
+  return false;
+#endif
+}
+
+std::atomic<bool> avx2_enabled{true};
+
+bool has_avx2() { return avx2_enabled.load(std::memory_order_relaxed) && cpu_has_avx2(); }
+
+// Lets tests run the baseline code on an AVX2 machine; returns whether AVX2 code runs from now on.
+bool set_avx2(bool enabled) {
+  avx2_enabled = enabled;
+  return has_avx2();
 }
 
 int64_t padded_states(int64_t nstate) { return (nstate + kLanes - 1) / kLanes * kLanes; }
@@ -506,7 +526,6 @@ const T* data_or_null(const c10::optional<at::Tensor>& t) {
 void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
                   const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(u.device().is_cpu(), "selective_scan_cpu takes CPU tensors");
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
               "selective_scan_cpu computes in float32 or float64, got ", u.scalar_type());
   TORCH_CHECK(u.dim() == 3, "u must be (batch, d_inner, L), got ", u.sizes());
@@ -523,14 +542,13 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   for (const auto* v : {&D, &bias}) {
     if (v->has_value()) TORCH_CHECK((*v)->dim() == 1 && (*v)->size(0) == dim, "D and delta_bias must be (d_inner,)");
   }
-  for (const at::Tensor* t : {&u, &delta, &A, &B, &C}) {
-    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == u.scalar_type(), "inputs must be contiguous, one dtype");
-  }
+  auto check_layout = [&u](const at::Tensor& t) {
+    TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == u.scalar_type(),
+                "inputs must be contiguous CPU tensors of one dtype");
+  };
+  for (const at::Tensor* t : {&u, &delta, &A, &B, &C}) check_layout(*t);
   for (const auto* t : {&D, &z, &bias}) {
-    if (t->has_value()) {
-      TORCH_CHECK((*t)->is_contiguous() && (*t)->scalar_type() == u.scalar_type(),
-                  "inputs must be contiguous, one dtype");
-    }
+    if (t->has_value()) check_layout(**t);
   }
 }
 
@@ -603,8 +621,10 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& dout, const c10::optiona
   auto dD = D ? at::zeros({dim}, u.options()) : at::Tensor();
   auto dbias = bias ? at::zeros({dim}, u.options()) : at::Tensor();
   auto dB = at::empty({batch, len, npad}, u.options()), dC = at::empty({batch, len, npad}, u.options());
-  // dB and dC sum over d_inner, which is split across threads: each thread sums into its own slot.
-  const int64_t threads = at::get_num_threads();
+  // dB and dC sum over d_inner, which is split across threads: each thread sums into its own slot. Called
+  // from inside a parallel region, parallel_for runs inline on this thread, so one slot does.
+  const bool nested = at::in_parallel_region();
+  const int64_t threads = nested ? 1 : at::get_num_threads();
   auto partial = at::empty({threads, 2, len, npad}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
     const auto p = make_problem<scalar_t>(u, delta, pr, D, z, bias, softplus);
@@ -620,7 +640,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& dout, const c10::optiona
     for (int64_t b = 0; b < batch; ++b) {
       partial.zero_();
       at::parallel_for(0, dim, 1, [&](int64_t begin, int64_t end) {
-        const int64_t slot = at::get_thread_num();
+        const int64_t slot = nested ? 0 : at::get_thread_num();
         TORCH_CHECK(slot < threads, "thread id beyond the reduction slots");
         std::vector<scalar_t> rows((z ? 3 : 2) * len), chunk(2 * kCheckpoint * kMaxGroup);
         scalar_t* part = partial.data_ptr<scalar_t>() + slot * 2 * len * npad;
@@ -655,5 +675,6 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& dout, const c10::optiona
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &scan_forward, "selective scan forward (CPU)");
   m.def("backward", &scan_backward, "selective scan backward (CPU)");
+  m.def("set_avx2", &set_avx2, "allow (true) or forbid the AVX2+FMA code path; returns whether it is used");
   m.attr("checkpoint_interval") = kCheckpoint;
 }
