@@ -1,11 +1,12 @@
-"""The main job: corpus -> MFCC k-means labels -> pretrain a tiny Mamba-HuBERT and a tiny Transformer HuBERT
-(fairseq-hydra-train) -> fine-tune each with fairseq's hubert_ctc -> decode the held-out test split with
-fairseq-generate -> runs/demo/report.md with WER, parameter counts, training curves and wall times.
+"""The main job: corpus -> MFCC k-means labels -> pretrain tiny Mamba-HuBERTs and a tiny Transformer HuBERT
+(fairseq-hydra-train) -> fine-tune with fairseq's hubert_ctc -> decode the held-out test split with
+fairseq-generate -> layer-wise mutual information -> runs/demo/report.md.
 
     python -m mamba_hubert.demo --out runs/demo
 """
 
 import argparse
+import itertools
 import json
 import re
 import time
@@ -15,16 +16,22 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from mamba_hubert.data.corpus import build_corpus  # noqa: E402
-from mamba_hubert.data.kmeans import run_kmeans  # noqa: E402
-from mamba_hubert.data.mfcc import dump_mfcc  # noqa: E402
-from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters  # noqa: E402
-from mamba_hubert.pipeline import generate_wer, hydra_train  # noqa: E402
+from mamba_hubert.analysis.cli import main as mi_cli
+from mamba_hubert.data.corpus import build_corpus
+from mamba_hubert.data.kmeans import run_kmeans
+from mamba_hubert.data.mfcc import dump_mfcc
+from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters
+from mamba_hubert.pipeline import generate_wer, hydra_train
 
 SPLITS = ("train", "valid", "test")
-MODELS = {"Mamba-HuBERT (ConBiMamba)": "tiny_conbimamba", "Transformer HuBERT": "tiny_transformer"}
+# title -> (pretraining config, fine-tuned and decoded?)
+MODELS = {
+    "Mamba-HuBERT (ConBiMamba)": ("tiny_conbimamba", True),
+    "Transformer HuBERT": ("tiny_transformer", True),
+    "Mamba-HuBERT (ExtBiMamba)": ("tiny_ext_bimamba", False),
+}
 _JSON_LOG = re.compile(r"\[(train_inner|train|valid)\]\[INFO\] - (\{.*\})")
 
 
@@ -42,101 +49,136 @@ def read_metrics(log_text: str) -> dict[str, list[dict]]:
 
 def plot_curves(curves: dict[str, dict[str, list[dict]]], key: str, kind: str, ylabel: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
+    x_key = "valid_num_updates" if kind == "valid" else "num_updates"
     for name, metrics in curves.items():
-        rows = [r for r in metrics[kind] if key in r]
-        x_key = "num_updates" if kind == "valid" else "update"
-        ax.plot([float(r.get(x_key, i)) for i, r in enumerate(rows)], [float(r[key]) for r in rows], label=name)
+        rows = [r for r in metrics[kind] if key in r and x_key in r]
+        ax.plot([float(r[x_key]) for r in rows], [float(r[key]) for r in rows], label=name)
     ax.set_xlabel("update")
     ax.set_ylabel(ylabel)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-class Stage:
-    """Times a stage and remembers its wall time for the report."""
+def timed(times: dict[str, float], name: str, step, *args):
+    """Runs one stage, logging its start and wall time into `times`."""
+    log(f"== {name}")
+    start = time.time()
+    result = step(*args)
+    times[name] = time.time() - start
+    log(f"== {name}: {times[name]:.0f} s")
+    return result
 
-    times: dict[str, float] = {}
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> "Stage":
-        log(f"== {self.name}")
-        self.start = time.time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        Stage.times[self.name] = time.time() - self.start
-        log(f"== {self.name}: {Stage.times[self.name]:.0f} s")
+def mi_pattern(rows: list[dict]) -> str:
+    """Words for the shape of an I(X;T_i) curve, judged on the seed means with the seed spread as tolerance."""
+    means = [r["mi_xt"]["mean"] for r in rows]
+    spread = max(max(r["mi_xt"]["std"] for r in rows), 1e-3)
+    low = min(range(len(means)), key=means.__getitem__)
+    if all(b < a + spread for a, b in itertools.pairwise(means)) and means[-1] < means[0] - spread:
+        return "falls with depth (monotone within the seed spread)"
+    if 0 < low < len(means) - 1 and means[-1] > means[low] + spread and means[low] < means[0] - spread:
+        return f"falls to layer {low + 1}, then rises"
+    return "no clear trend beyond the seed spread"
 
 
 def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates: int, clusters: int,
              jobs: int, seed: int) -> Path:
     out = out.resolve()
     corpus, mfcc_dir, labels = out / "corpus", out / "features" / "mfcc", out / "labels" / "iter1"
-    with Stage("corpus"):
+    times: dict[str, float] = {}
+
+    def make_corpus() -> None:
         if (corpus / "corpus.json").exists():
             log(f"reusing {corpus}")
         else:
             build_corpus(str(corpus), minutes, jobs=jobs, seed=seed, log=log)
-    with Stage("MFCC + k-means labels"):
+
+    def make_labels() -> None:
         for split in SPLITS:
             dump_mfcc(str(corpus), split, str(mfcc_dir), 1, 0)
         run_kmeans(str(mfcc_dir), str(labels), SPLITS, clusters, seed=seed, n_init=5)
 
-    results = {}
-    pretrain_curves, finetune_curves = {}, {}
-    for title, config in MODELS.items():
+    timed(times, "corpus", make_corpus)
+    timed(times, "MFCC + k-means labels", make_labels)
+
+    results, pretrain_curves, finetune_curves, mi_checkpoints = {}, {}, {}, {}
+    for title, (config, finetuned) in MODELS.items():
         model_dir = out / "models" / config
-        with Stage(f"pretrain {config}"):
-            text = hydra_train(f"pretrain/{config}", [
-                f"task.data={corpus}", f"task.label_dir={labels}", f"checkpoint.save_dir={model_dir / 'pretrain'}",
-                f"optimization.max_update={pretrain_updates}", "common.log_format=json", f"common.seed={seed}",
-            ], model_dir / "pretrain.log", echo=log)
-            pretrain_curves[title] = read_metrics(text)
-        with Stage(f"fine-tune {config}"):
-            text = hydra_train("finetune/tiny_ctc", [
-                f"task.data={corpus}", f"task.label_dir={corpus}", f"checkpoint.save_dir={model_dir / 'finetune'}",
-                f"model.w2v_path={model_dir / 'pretrain' / 'checkpoint_best.pt'}",
-                f"optimization.max_update={finetune_updates}", "common.log_format=json", f"common.seed={seed}",
-            ], model_dir / "finetune.log", echo=log)
-            finetune_curves[title] = read_metrics(text)
-        with Stage(f"decode {config}"):
-            checkpoint = model_dir / "finetune" / "checkpoint_best.pt"
-            wer = generate_wer(corpus, corpus, checkpoint, "test", model_dir / "generate_test.log")
-            log(f"{title}: test WER {wer:.2f}%")
-        params = count_parameters(build_from_config(DEFAULT_CONFIG_DIR, config, clusters))["total"]
-        results[title] = {"config": config, "test_wer": wer, "params": params, "checkpoint": str(checkpoint)}
+        pretrained = model_dir / "pretrain" / "checkpoint_best.pt"
+        text = timed(times, f"pretrain {config}", hydra_train, f"pretrain/{config}", [
+            f"task.data={corpus}", f"task.label_dir={labels}", f"checkpoint.save_dir={pretrained.parent}",
+            f"optimization.max_update={pretrain_updates}", "common.log_format=json", f"common.seed={seed}",
+        ], model_dir / "pretrain.log", log)
+        pretrain_curves[title] = read_metrics(text)
+        mi_checkpoints[title] = pretrained
+        results[title] = {"config": config,
+                          "params": count_parameters(build_from_config(DEFAULT_CONFIG_DIR, config, clusters))["total"]}
+        if not finetuned:
+            continue
+        finetuned_checkpoint = model_dir / "finetune" / "checkpoint_best.pt"
+        text = timed(times, f"fine-tune {config}", hydra_train, "finetune/tiny_ctc", [
+            f"task.data={corpus}", f"task.label_dir={corpus}", f"checkpoint.save_dir={finetuned_checkpoint.parent}",
+            f"model.w2v_path={pretrained}", f"optimization.max_update={finetune_updates}",
+            "common.log_format=json", f"common.seed={seed}",
+        ], model_dir / "finetune.log", log)
+        finetune_curves[title] = read_metrics(text)
+        mi_checkpoints[f"{title} + CTC"] = finetuned_checkpoint
+        wer = timed(times, f"decode {config}", generate_wer, corpus, corpus, finetuned_checkpoint, "test",
+                    model_dir / "generate_test.log", log)
+        log(f"{title}: test WER {wer:.2f}%")
+        results[title].update(test_wer=wer, checkpoint=str(finetuned_checkpoint))
+
+    mi_args = ["--data", str(corpus), "--subset", "test", "--out", str(out / "mi"), "--max-utterances", "60"]
+    for name, checkpoint in mi_checkpoints.items():
+        mi_args += ["--checkpoint", str(checkpoint), "--name", name]
+    timed(times, "mutual information", mi_cli, mi_args)
+    mi = json.loads((out / "mi" / "mi.json").read_text())
 
     plot_curves(pretrain_curves, "loss", "train_inner", "pretraining loss (train)", out / "pretrain_loss.png")
     plot_curves(finetune_curves, "loss", "train_inner", "CTC loss (train)", out / "finetune_loss.png")
-    plot_curves(finetune_curves, "wer", "valid", "valid WER (%)", out / "finetune_valid_wer.png")
-    (out / "results.json").write_text(json.dumps({"models": results, "wall_seconds": Stage.times}, indent=2) + "\n")
-    report = write_report(out, results, json.loads((corpus / "corpus.json").read_text()),
+    plot_curves(finetune_curves, "valid_wer", "valid", "valid WER (%)", out / "finetune_valid_wer.png")
+    (out / "results.json").write_text(json.dumps({"models": results, "wall_seconds": times}, indent=2) + "\n")
+    report = write_report(out, results, mi, json.loads((corpus / "corpus.json").read_text()), times,
                           pretrain_updates, finetune_updates, clusters)
     log(f"report: {report}")
     return report
 
 
-def write_report(out: Path, results: dict, corpus: dict, pretrain_updates: int, finetune_updates: int,
-                 clusters: int) -> Path:
-    lines = ["# mamba-hubert demo report", "",
-             f"Corpus: {corpus.get('minutes_requested')} min requested; "
-             + ", ".join(f"{s} {v['utterances']} utterances / {v['minutes']} min" for s, v in corpus["splits"].items())
-             + ". Test voices and sentences are held out of training.",
-             f"Labels: k-means ({clusters} clusters) on MFCC, 100 Hz. Pretraining {pretrain_updates} updates, "
-             f"CTC fine-tuning {finetune_updates} updates (fairseq `hubert_ctc`), greedy decoding with "
-             "`fairseq-generate --scoring wer` on the test split.", "",
-             "| model | config | parameters | test WER (greedy) |", "|---|---|---|---|"]
+def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[str, float], pretrain_updates: int,
+                 finetune_updates: int, clusters: int) -> Path:
+    splits = ", ".join(f"{s} {v['utterances']} utterances / {v['minutes']} min" for s, v in corpus["splits"].items())
+    lines = [
+        "# mamba-hubert demo report", "",
+        f"Corpus (synthetic TTS speech): {splits}. Test voices and sentences are held out of training.",
+        (f"Labels: k-means ({clusters} clusters) on MFCC at 100 Hz. Pretraining: {pretrain_updates} updates; "
+         f"CTC fine-tuning (fairseq `hubert_ctc`): {finetune_updates} updates; greedy decoding of the test split "
+         "with `fairseq-generate --scoring wer`."), "",
+        "| model | config | parameters | test WER (greedy) |", "|---|---|---|---|",
+    ]
     for title, r in results.items():
-        lines.append(f"| {title} | `{r['config']}` | {r['params'] / 1e6:.2f} M | {r['test_wer']:.2f}% |")
+        wer = f"{r['test_wer']:.2f}%" if "test_wer" in r else "(pretrained only)"
+        lines.append(f"| {title} | `{r['config']}` | {r['params'] / 1e6:.2f} M | {wer} |")
     lines += ["", "## Training curves", "", "![pretraining loss](pretrain_loss.png)",
               "![CTC loss](finetune_loss.png)", "![valid WER](finetune_valid_wer.png)", "",
+              "## Layer-wise mutual information", "",
+              (f"I(X;T_i) by MINE (mean ± spread over seeds {mi['seeds']}, fresh statistics network per estimate, "
+               f"held-out frames) and the phone-probe bound I(T_i;Y), on {mi['utterances']} test utterances, "
+               "padded frames trimmed. Data: `mi/mi.json`."), "",
+              "![I(X;T) per layer](mi/mi_xt.png)", "![information plane](mi/information_plane.png)", "",
+              "| model | I(X;T_i) per layer (nats) | I(T_i;Y) per layer (nats) | I(X;T) curve |", "|---|---|---|---|"]
+    for name, rows in mi["layers"].items():
+        xt = " / ".join(f"{r['mi_xt']['mean']:.2f}±{r['mi_xt']['std']:.2f}" for r in rows)
+        ty = " / ".join(f"{r['mi_ty']['mean']:.2f}" for r in rows if "mi_ty" in r)
+        lines.append(f"| {name} | {xt} | {ty} | {mi_pattern(rows)} |")
+    lines += ["", ("The paper's pattern is a monotone fall for Mamba-HuBERT alone and a fall then rise with a "
+                   "reconstruction-capable head. The last column says, per model, what these tiny models show; "
+                   "a `hubert_ctc` head is a single linear layer, not the paper's Conformer head."), "",
               "## Wall times (2 CPU cores)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in Stage.times.items()]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
+    lines.append(f"| total | {sum(times.values()):.0f} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -147,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--minutes", type=float, default=20.0, help="corpus size (all splits)")
     parser.add_argument("--pretrain-updates", type=int, default=300)
-    parser.add_argument("--finetune-updates", type=int, default=400)
+    parser.add_argument("--finetune-updates", type=int, default=1500)
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)

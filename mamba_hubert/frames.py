@@ -4,15 +4,15 @@ fairseq derives the frame padding mask by splitting the sample mask into equal g
 lengths marks one frame too many; these helpers follow the conv kernel/stride arithmetic instead.
 """
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
 # fairseq's default `conv_feature_layers`: "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"
-HUBERT_CONV_LAYERS: Tuple[Tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+HUBERT_CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
 
 
-def conv_output_length(num_samples: int, conv_layers: Sequence[Tuple[int, int, int]] = HUBERT_CONV_LAYERS) -> int:
+def conv_output_length(num_samples: int, conv_layers: Sequence[tuple[int, int, int]] = HUBERT_CONV_LAYERS) -> int:
     """Number of frames the extractor emits for `num_samples` input samples (0 if too short)."""
     length = num_samples
     for _, kernel, stride in conv_layers:
@@ -23,7 +23,7 @@ def conv_output_length(num_samples: int, conv_layers: Sequence[Tuple[int, int, i
 
 
 def conv_output_lengths(
-    num_samples: torch.Tensor, conv_layers: Sequence[Tuple[int, int, int]] = HUBERT_CONV_LAYERS
+    num_samples: torch.Tensor, conv_layers: Sequence[tuple[int, int, int]] = HUBERT_CONV_LAYERS
 ) -> torch.Tensor:
     """Tensor version of `conv_output_length` (integer tensor in, integer tensor out)."""
     length = num_samples.long()
@@ -32,7 +32,7 @@ def conv_output_lengths(
     return length.clamp(min=0)
 
 
-def receptive_field(conv_layers: Sequence[Tuple[int, int, int]] = HUBERT_CONV_LAYERS) -> Tuple[int, int]:
+def receptive_field(conv_layers: Sequence[tuple[int, int, int]] = HUBERT_CONV_LAYERS) -> tuple[int, int]:
     """(window, hop) in samples of one output frame: 400 and 320 for HuBERT's extractor."""
     window, hop = 1, 1
     for _, kernel, stride in conv_layers:

@@ -4,8 +4,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, List, Optional
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 CONFIG_ROOT = PLUGIN_DIR.parent / "examples" / "config"
@@ -13,7 +13,7 @@ PROGRESS_MARKERS = ("[train_inner]", "[train]", "[valid]", "done training", "WER
 _WER = re.compile(r"WER: ([0-9.]+)")
 
 
-def run_fairseq(args: List[str], log_path: Path, echo: Optional[Callable[[str], None]] = None) -> str:
+def run_fairseq(args: list[str], log_path: Path, echo: Callable[[str], None] | None = None) -> str:
     """Runs one fairseq console script of this interpreter's environment; writes its whole output to
     `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails. It runs in
     `log_path`'s folder, where hydra leaves its own files."""
@@ -35,7 +35,7 @@ def run_fairseq(args: List[str], log_path: Path, echo: Optional[Callable[[str], 
     return output
 
 
-def hydra_train(config: str, overrides: List[str], log_path: Path, echo: Optional[Callable[[str], None]] = None) -> str:
+def hydra_train(config: str, overrides: list[str], log_path: Path, echo: Callable[[str], None] | None = None) -> str:
     """`fairseq-hydra-train` with an example config, e.g. config="pretrain/tiny_conbimamba"."""
     group, name = config.split("/")
     args = ["fairseq-hydra-train", "--config-dir", str(CONFIG_ROOT / group), "--config-name", name,
@@ -44,7 +44,7 @@ def hydra_train(config: str, overrides: List[str], log_path: Path, echo: Optiona
 
 
 def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str, log_path: Path,
-                 echo: Optional[Callable[[str], None]] = None) -> float:
+                 echo: Callable[[str], None] | None = None) -> float:
     """Decodes `subset` with `fairseq-generate --scoring wer` (greedy CTC) and returns the WER it prints."""
     output = run_fairseq(
         ["fairseq-generate", str(data_dir), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",

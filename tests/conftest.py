@@ -11,12 +11,13 @@ TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
 
 def tiny_config(layer_type: str, **overrides) -> MambaHubertConfig:
     """A two-layer model small enough for unit tests; no dropout so outputs are deterministic."""
-    fields = dict(
-        label_rate=50, layer_type=layer_type, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
-        encoder_attention_heads=4, conv_feature_layers=TINY_CONV, extractor_mode="layer_norm", final_dim=16,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0, dropout_input=0.0,
-        dropout_features=0.0, mamba_d_state=8, conv_pos=16, conv_pos_groups=4, depthwise_conv_kernel_size=7,
-    )
+    fields = {
+        "label_rate": 50, "layer_type": layer_type, "encoder_layers": 2, "encoder_embed_dim": 32,
+        "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4, "conv_feature_layers": TINY_CONV,
+        "extractor_mode": "layer_norm", "final_dim": 16, "dropout": 0.0, "attention_dropout": 0.0,
+        "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "dropout_input": 0.0, "dropout_features": 0.0,
+        "mamba_d_state": 8, "conv_pos": 16, "conv_pos_groups": 4, "depthwise_conv_kernel_size": 7,
+    }
     fields.update(overrides)
     return MambaHubertConfig(**fields)
 

@@ -31,7 +31,7 @@ def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, layer_type):
     checkpoint = save_dir / "checkpoint_last.pt"
     assert checkpoint.exists() and (save_dir / "checkpoint_best.pt").exists()
 
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)])
+    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)])
     model = models[0].eval()
     assert type(model).__name__ == "MambaHubertModel" and cfg.model.layer_type == layer_type
     wav, _ = sf.read(corpus / "wav" / "valid0.wav", dtype="float32")

@@ -3,7 +3,6 @@
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 import torch
 from fairseq.data.dictionary import Dictionary
@@ -53,7 +52,7 @@ def _without_encoder_layers(cfg):
 @register_model("mamba_hubert", dataclass=MambaHubertConfig)
 class MambaHubertModel(HubertModel):
     def __init__(
-        self, cfg: MambaHubertConfig, task_cfg: HubertPretrainingConfig, dictionaries: List[Optional[Dictionary]]
+        self, cfg: MambaHubertConfig, task_cfg: HubertPretrainingConfig, dictionaries: list[Dictionary | None]
     ) -> None:
         super().__init__(_without_encoder_layers(cfg), task_cfg, dictionaries)
         logger.info("MambaHubertModel: the config above was HubertModel's, minus the encoder; encoder: %s x %s",

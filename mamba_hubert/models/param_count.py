@@ -3,7 +3,6 @@
 import argparse
 import logging
 import os
-from typing import List, Optional
 
 from fairseq.data import Dictionary
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
@@ -34,7 +33,7 @@ def count_parameters(model: MambaHubertModel) -> dict:
     return {"total": total, "encoder_layers": encoder}
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     for noisy in ("hydra", "fairseq", "mamba_hubert"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__)

@@ -1,17 +1,16 @@
 """Bidirectional Mamba mixers whose backward direction reverses each sequence within its own length."""
 
 import copy
-from typing import List, Optional, Tuple
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from mamba_hubert.modules.mamba import Mamba
 
 BIMAMBA_FUSIONS = ("concat", "sum")
 
 
-def reverse_padded(x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+def reverse_padded(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
     """Reverse (batch, length, ...) in time, each sequence within its valid prefix; padding stays at the end.
 
     Flipping the whole padded tensor would put the padding first and let it enter the backward scan.
@@ -42,7 +41,7 @@ class ExtBiMamba(nn.Module):
         self.backward_mamba = Mamba(d_model, **mamba_kwargs)
         self.fuse = nn.Linear(2 * d_model, d_model) if fusion == "concat" else None
 
-    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         forward_out = self.forward_mamba(x, padding_mask)
         backward_out = reverse_padded(self.backward_mamba(reverse_padded(x, padding_mask), padding_mask), padding_mask)
         if self.fuse is None:
@@ -67,13 +66,13 @@ class InnBiMamba(Mamba):
         self.conv1d_b.reset_parameters()
         self.reset_ssm_parameters()
 
-    def _ssm_parameter_sets(self) -> List[Tuple[nn.Linear, nn.Parameter, nn.Parameter]]:
+    def _ssm_parameter_sets(self) -> list[tuple[nn.Linear, nn.Parameter, nn.Parameter]]:
         sets = super()._ssm_parameter_sets()
         if hasattr(self, "D_b"):  # Mamba.__init__ resets before the backward set exists
             sets.append((self.dt_proj_b, self.A_b_log, self.D_b))
         return sets
 
-    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         hidden, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # each (b, d_inner, L)

@@ -5,9 +5,9 @@ multiple; only the layers differ. Layer type `transformer` is fairseq's own laye
 """
 
 import torch
-import torch.nn as nn
 from fairseq import utils
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
+from torch import nn
 
 from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, MambaEncoderLayer, build_mixer
 from mamba_hubert.modules.mamba import Mamba

@@ -2,16 +2,16 @@
 TransformerSentenceEncoderLayer and return `x, (None, layer_result)` so fairseq's TransformerEncoder
 can stack them."""
 
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
 from mamba_hubert.modules.mamba import Mamba
 
-LayerOutput = Tuple[torch.Tensor, Tuple[None, torch.Tensor]]
+LayerOutput = tuple[torch.Tensor, tuple[None, torch.Tensor]]
 
 
 def build_mixer(kind: str, d_model: int, fusion: str, mamba_kwargs: dict) -> nn.Module:
@@ -65,7 +65,7 @@ class MambaEncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d_model) if d_ffn > 0 else None
 
     def forward(
-        self, x: torch.Tensor, self_attn_padding_mask: Optional[torch.Tensor] = None, **_unused
+        self, x: torch.Tensor, self_attn_padding_mask: torch.Tensor | None = None, **_unused
     ) -> LayerOutput:
         x = x.transpose(0, 1)  # (b, T, C) for the mixer
         mask = self_attn_padding_mask
@@ -100,7 +100,7 @@ class ConvolutionModule(nn.Module):
         self.pointwise_out = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
         """x: (b, T, C)."""
         x = F.glu(self.pointwise_in(self.layer_norm(x)), dim=-1)
         if padding_mask is not None:
@@ -142,7 +142,7 @@ class ConBiMambaEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, self_attn_padding_mask: Optional[torch.Tensor] = None, **_unused
+        self, x: torch.Tensor, self_attn_padding_mask: torch.Tensor | None = None, **_unused
     ) -> LayerOutput:
         x = x.transpose(0, 1)
         mask = self_attn_padding_mask

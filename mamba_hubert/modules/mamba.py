@@ -1,11 +1,10 @@
 """Mamba-1 block whose parameters mirror `mamba_ssm.modules.mamba_simple.Mamba`, with a padding mask."""
 
 import math
-from typing import List, Optional, Tuple, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from mamba_hubert.ops import selective_scan_fn
 
@@ -24,7 +23,7 @@ class Mamba(nn.Module):
         d_state: int = 16,
         d_conv: int = 4,
         expand: float = 2,
-        dt_rank: Union[int, str] = "auto",
+        dt_rank: int | str = "auto",
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         dt_init: str = "random",
@@ -62,7 +61,7 @@ class Mamba(nn.Module):
         for dt_proj, A_log, D in self._ssm_parameter_sets():
             self._init_ssm(dt_proj, A_log, D)
 
-    def _ssm_parameter_sets(self) -> List[Tuple[nn.Linear, nn.Parameter, nn.Parameter]]:
+    def _ssm_parameter_sets(self) -> list[tuple[nn.Linear, nn.Parameter, nn.Parameter]]:
         return [(self.dt_proj, self.A_log, self.D)]
 
     def _init_ssm(self, dt_proj: nn.Linear, A_log: nn.Parameter, D: nn.Parameter) -> None:
@@ -84,7 +83,7 @@ class Mamba(nn.Module):
         A_log._no_weight_decay = True
         D._no_weight_decay = True
 
-    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, length, d_model); padding_mask: (batch, length) bool, True = padded (right padding)."""
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
@@ -123,13 +122,13 @@ class Mamba(nn.Module):
 
     def _project(
         self, hidden: torch.Tensor, x_proj: nn.Linear, dt_proj: nn.Linear
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """hidden: (b, L, d_inner) -> dt (b, d_inner, L) without bias, B and C (b, d_state, L)."""
         dt, B, C = x_proj(hidden).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight)  # the bias is added (in float32) inside the scan
         return dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
 
-    def allocate_state(self, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def allocate_state(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero (conv_state (b, d_inner, d_conv), ssm_state (b, d_inner, d_state)) for `step`."""
         weight = self.conv1d.weight
         conv_state = weight.new_zeros(batch_size, self.d_inner, self.d_conv)
@@ -138,7 +137,7 @@ class Mamba(nn.Module):
 
     def step(
         self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One frame: x (b, d_model) -> (out (b, d_model), new conv_state, new ssm_state)."""
         hidden, gate = self.in_proj(x).chunk(2, dim=-1)
         conv_state = torch.cat([conv_state[:, :, 1:], hidden.unsqueeze(-1)], dim=-1)

@@ -6,7 +6,7 @@ Backends: mamba-ssm's CUDA kernel for CUDA tensors, the fused C++ CPU kernel, or
 PyTorch reference (always available, differentiable by autograd, slow).
 """
 
-from typing import Optional, Tuple, Union
+
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mamba_hubert.ops import cpu_kernel
 
 SCAN_IMPLS = ("auto", "cuda", "cpu", "reference")
-ScanOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+ScanOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def _mamba_ssm_scan():
@@ -43,9 +43,9 @@ def selective_scan_reference(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: Optional[torch.Tensor] = None,
-    z: Optional[torch.Tensor] = None,
-    delta_bias: Optional[torch.Tensor] = None,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ) -> ScanOutput:
@@ -94,9 +94,9 @@ def selective_scan_fn(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: Optional[torch.Tensor] = None,
-    z: Optional[torch.Tensor] = None,
-    delta_bias: Optional[torch.Tensor] = None,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
     impl: str = "auto",

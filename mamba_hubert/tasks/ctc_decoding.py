@@ -1,7 +1,6 @@
 """Greedy CTC decoding behind `task.build_generator`, so `fairseq-generate --scoring wer` decodes a
 fine-tuned `hubert_ctc` model."""
 
-from typing import Dict, List
 
 import torch
 from fairseq.data.dictionary import Dictionary
@@ -17,7 +16,7 @@ class CTCGreedyDecoder:
         self.drop = {blank_index, dictionary.pad(), dictionary.eos(), dictionary.bos()}
 
     @torch.no_grad()
-    def generate(self, models, sample: Dict, **unused) -> List[List[Dict[str, torch.Tensor]]]:
+    def generate(self, models, sample: dict, **unused) -> list[list[dict[str, torch.Tensor]]]:
         if len(models) != 1:
             raise ValueError("CTC decoding takes one model, not an ensemble")
         model = models[0]
