@@ -131,7 +131,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
         log(f"{title}: test WER {wer:.2f}%")
         results[title].update(test_wer=wer, checkpoint=str(finetuned_checkpoint))
 
-    mi_args = ["--data", str(corpus), "--subset", "test", "--out", str(out / "mi"), "--max-utterances", "60"]
+    mi_args = ["--data", str(corpus), "--subset", "test", "--out", str(out / "mi"), "--max-utterances", "40",
+               "--max-frames", "2500", "--mine-iterations", "1500"]  # sized to keep the demo within 30 minutes
     for name, checkpoint in mi_checkpoints.items():
         mi_args += ["--checkpoint", str(checkpoint), "--name", name]
     timed(times, "mutual information", mi_cli, mi_args)
@@ -188,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--minutes", type=float, default=20.0, help="corpus size (all splits)")
-    parser.add_argument("--pretrain-updates", type=int, default=300)
-    parser.add_argument("--finetune-updates", type=int, default=1500)
+    parser.add_argument("--pretrain-updates", type=int, default=150)
+    parser.add_argument("--finetune-updates", type=int, default=1200)
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
