@@ -2,10 +2,12 @@
 `mamba_hubert_pretraining` task (`fairseq-hydra-train ... common.user_dir=/path/to/mamba_hubert`), lets
 fairseq load checkpoints safely under torch >= 2.6, and fixes fairseq's `hubert_ctc` config."""
 
-from mamba_hubert import checkpoint_safety, models, tasks  # noqa: F401  (registration side effects)
+from mamba_hubert import atomic_checkpoints, checkpoint_safety, distributed_cpu, models, tasks  # noqa: F401
 from mamba_hubert.fairseq_compat import add_hubert_ctc_autoregressive_field
 
 checkpoint_safety.install()
+atomic_checkpoints.install()
+distributed_cpu.install()
 add_hubert_ctc_autoregressive_field()
 
 __version__ = "0.1.0"

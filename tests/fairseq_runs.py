@@ -1,9 +1,21 @@
-"""Small generated data for tests that run real fairseq CLIs."""
+"""Small generated data for tests that run real fairseq CLIs, and helpers to run and read those CLIs."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
+from fairseq import checkpoint_utils
+
+import mamba_hubert  # noqa: F401  (the checkpoint allow-list, for loading checkpoints in tests)
+from mamba_hubert.pipeline import CONFIG_ROOT, PLUGIN_DIR
 
 # Small enough that a few updates take seconds on 2 cores.
 SMALL_MODEL = ["model.encoder_layers=2", "model.encoder_embed_dim=64", "model.encoder_ffn_embed_dim=128",
@@ -41,3 +53,78 @@ def pretrain_overrides(data: Path, save_dir: Path, *extra: str) -> list:
 
 def finetune_overrides(data: Path, save_dir: Path, w2v_path: Path, *extra: str) -> list:
     return [*pretrain_overrides(data, save_dir, *extra), f"model.w2v_path={w2v_path}"]
+
+
+# Running the real `fairseq-hydra-train` console script as a subprocess that a test can watch, kill or run
+# beside another one (two ranks), and reading its json logs and checkpoints.
+
+TIMEOUT_S = 300
+
+
+def train_command(config: str, overrides: list[str]) -> list[str]:
+    """This environment's `fairseq-hydra-train` with an example config (e.g. "pretrain/tiny_mamba") and the plugin,
+    exactly as a user runs it."""
+    group, name = config.split("/")
+    return [str(Path(sys.executable).parent / "fairseq-hydra-train"), "--config-dir", str(CONFIG_ROOT / group),
+            "--config-name", name, f"common.user_dir={PLUGIN_DIR}", *overrides]
+
+
+def start(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Starts `command` in `cwd` (hydra writes its files there) with one thread per op and unbuffered output."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # checkpoints must load without it
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def follow(process: subprocess.Popen, log_path: Path, kill_when: Callable[[str], bool] | None = None) -> str:
+    """Reads a process's output into `log_path` until it ends, or SIGKILLs it on the first line for which
+    `kill_when` is true; returns the output. A run that finishes must succeed; none may pass TIMEOUT_S."""
+    watchdog = threading.Timer(TIMEOUT_S, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        with open(log_path, "w") as log:
+            for line in process.stdout:
+                log.write(line)
+                lines.append(line)
+                if kill_when is not None and kill_when(line):
+                    process.send_signal(signal.SIGKILL)
+                    break
+        process.wait()
+    finally:
+        watchdog.cancel()
+        process.stdout.close()
+    output = "".join(lines)
+    if kill_when is None or process.returncode != -signal.SIGKILL:
+        assert process.returncode == 0, f"run failed ({process.returncode}); log {log_path}:\n{output[-3000:]}"
+    return output
+
+
+def nth_line_with(marker: str, n: int) -> Callable[[str], bool]:
+    """A `kill_when` that is true on the n-th line containing `marker`."""
+    seen = [0]
+
+    def check(line: str) -> bool:
+        seen[0] += marker in line
+        return seen[0] == n
+
+    return check
+
+
+def logged_records(output: str, tag: str) -> dict[int, dict]:
+    """{num_updates: json record} of the lines logged under `tag` ("train_inner", "valid"), with
+    common.log_format=json (and common.log_interval=1 for one train_inner record per update)."""
+    records = [json.loads(line.split(" - ", 1)[1]) for line in output.splitlines() if f"[{tag}]" in line]
+    key = "num_updates" if tag == "train_inner" else f"{tag}_num_updates"
+    return {int(record[key]): record for record in records}
+
+
+def load_state(path: Path) -> dict:
+    return checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+def assert_same_parameters(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)

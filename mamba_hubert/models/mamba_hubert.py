@@ -1,10 +1,23 @@
-"""`mamba_hubert`: fairseq's HuBERT with a Mamba encoder and an exact frame padding mask."""
+"""`mamba_hubert`: fairseq's HuBERT with a Mamba encoder, an exact frame padding mask and reproducible span masks.
+
+Span masks: fairseq's HuBERT draws them from a fresh `np.random.default_rng()` (OS entropy) on every forward, so
+two runs with the same seed differ from their first update and a resumed run cannot replay the one it continues.
+Inside `seeded_span_masks` (which the `mamba_hubert_pretraining` task opens around every train and valid step)
+they come from fairseq's own `compute_mask_indices(seed=, epoch=, indices=)`: one generator per row, keyed by
+(run seed, update count, utterance id), so a batch's masks are a function of the run seed, the update and the
+batch's utterances. Keyed by utterance rather than by rank and batch position: ranks hold different utterances,
+so they never share masks, and a batch gets the same masks on whichever rank it lands (two ranks equal one
+process with update_freq 2); masks still change every update, as fairseq's did.
+"""
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from fairseq.data.data_utils import compute_mask_indices
 from fairseq.data.dictionary import Dictionary
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
@@ -59,6 +72,8 @@ class MambaHubertModel(HubertModel):
                     cfg.encoder_layers, cfg.layer_type)
         self.encoder = MambaEncoder(cfg)
         self.conv_layers = eval(cfg.conv_feature_layers)  # fairseq stores this field as a Python literal
+        self.num_updates = 0
+        self.mask_key: tuple[int, torch.Tensor] | None = None  # (seed, utterance ids), set by seeded_span_masks
 
     @classmethod
     def build_model(cls, cfg: MambaHubertConfig, task: HubertPretrainingTask) -> "MambaHubertModel":
@@ -70,3 +85,52 @@ class MambaHubertModel(HubertModel):
         num_frames = conv_output_lengths(num_samples, self.conv_layers)
         positions = torch.arange(features.size(1), device=padding_mask.device)
         return positions.unsqueeze(0) >= num_frames.unsqueeze(1)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates  # fairseq calls this before every update's forward; it keys the masks
+
+    def apply_mask(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None, target_list: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """HuBERT's masking: time spans of valid frames become `mask_emb`, channel spans become 0. Within
+        `seeded_span_masks` the spans follow from (seed, update, the rows' utterance ids); outside, they are
+        fairseq's unseeded draws."""
+        batch, frames, channels = x.shape
+        seed, ids = self.mask_key if self.mask_key is not None else (None, None)
+        if ids is not None and len(ids) != batch:
+            raise ValueError(f"seeded_span_masks was given {len(ids)} utterance ids for a batch of {batch}")
+        mask_indices = None
+        if self.mask_prob > 0:
+            mask = compute_mask_indices(
+                (batch, frames), padding_mask, self.mask_prob, self.mask_length, self.mask_selection,
+                self.mask_other, min_masks=2, no_overlap=self.no_mask_overlap, min_space=self.mask_min_space,
+                seed=seed, epoch=self.num_updates, indices=ids,
+            )
+            mask_indices = torch.from_numpy(mask).to(x.device)
+            x[mask_indices] = self.mask_emb
+        if self.mask_channel_prob > 0:
+            channel_mask = compute_mask_indices(
+                (batch, channels), None, self.mask_channel_prob, self.mask_channel_length,
+                self.mask_channel_selection, self.mask_channel_other, no_overlap=self.no_mask_channel_overlap,
+                min_space=self.mask_channel_min_space,
+                seed=None if seed is None else seed + 1,  # channel spans independent of the time spans
+                epoch=self.num_updates, indices=ids,
+            )
+            x[torch.from_numpy(channel_mask).to(x.device).unsqueeze(1).expand(-1, frames, -1)] = 0
+        return x, mask_indices
+
+
+@contextmanager
+def seeded_span_masks(model: torch.nn.Module, seed: int, utterance_ids: torch.Tensor) -> Iterator[None]:
+    """Within this block, every MambaHubertModel in `model` (bare, inside fairseq's hubert_ctc, or wrapped for
+    distributed training) draws span masks for the batch whose row i is utterance `utterance_ids[i]` from
+    (seed, its update count, utterance_ids)."""
+    models = [module for module in model.modules() if isinstance(module, MambaHubertModel)]
+    for module in models:
+        module.mask_key = (seed, utterance_ids.cpu())
+    try:
+        yield
+    finally:
+        for module in models:
+            module.mask_key = None

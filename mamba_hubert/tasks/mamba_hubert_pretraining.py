@@ -1,15 +1,20 @@
 """`mamba_hubert_pretraining`: fairseq's HuBERT task plus what this project adds to it: a data check before
-any training starts, and a CTC generator for fairseq-generate."""
+any training starts, random crops and span masks that a resumed run replays, and a CTC generator for
+fairseq-generate."""
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from fairseq.data.audio.hubert_dataset import HubertDataset
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
-from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
+from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask, LabelEncoder
+from omegaconf import II
 
 from mamba_hubert.analysis.layerwise import layerwise_mi
 from mamba_hubert.data.check import validate_or_raise
+from mamba_hubert.models.mamba_hubert import seeded_span_masks
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder
 
 
@@ -28,6 +33,35 @@ class MambaHubertPretrainingConfig(HubertPretrainingConfig):
     mi_max_frames: int = field(default=2000, metadata={"help": "frames per MI estimate (subsampled)"})
     mi_mine_iterations: int = field(default=1000, metadata={"help": "MINE steps per estimate during training"})
     mi_seeds: int = field(default=2, metadata={"help": "MINE seeds (fresh networks) per estimate"})
+    seed: int = field(default=II("common.seed"), metadata={"help": "seeds random crops and span masks"})
+
+
+class SeededCropHubertDataset(HubertDataset):
+    """HubertDataset whose random crops are drawn from (seed, epoch, the batch's utterance ids). fairseq's draws
+    come from numpy's global generator, seeded once per process and not saved in checkpoints, so a resumed run
+    cropped differently from the run it continues (seen: losses diverged from the first update after resuming)."""
+
+    def __init__(self, *args, seed: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+        self.epoch = 1
+        self.crop_rng = np.random.default_rng(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.epoch = epoch
+
+    def collater(self, samples: list[dict]) -> dict:
+        # fairseq crops the batch's utterances in order, so one generator per batch fixes every crop.
+        self.crop_rng = np.random.default_rng([self.seed, self.epoch, *(sample["id"] for sample in samples)])
+        return super().collater(samples)
+
+    def crop_to_max_size(self, wav: torch.Tensor, target_size: int) -> tuple[torch.Tensor, int]:
+        excess = len(wav) - target_size
+        if not self.random_crop or excess <= 0:
+            return super().crop_to_max_size(wav, target_size)
+        start = int(self.crop_rng.integers(0, excess + 1))
+        return wav[start : start + target_size], start
 
 
 @register_task("mamba_hubert_pretraining", dataclass=MambaHubertPretrainingConfig)
@@ -44,6 +78,7 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
         self._mi_pending = False
 
     def load_dataset(self, split: str, **kwargs) -> None:
+        dictionaries = [self.target_dictionary] if self.cfg.fine_tuning else self.dictionaries
         if self.cfg.check_data:
             validate_or_raise(
                 self.cfg.data,
@@ -54,10 +89,31 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
                 sample_rate=self.cfg.sample_rate,
                 min_samples=self.cfg.min_sample_size,
                 max_samples=self.cfg.max_keep_size,
-                dictionaries=[self.target_dictionary] if self.cfg.fine_tuning else self.dictionaries,
+                dictionaries=dictionaries,
                 scan_samples=self.cfg.check_audio_samples,
             )
-        super().load_dataset(split, **kwargs)
+        self.datasets[split] = SeededCropHubertDataset(
+            f"{self.cfg.data}/{split}.tsv",
+            sample_rate=self.cfg.sample_rate,
+            label_paths=[f"{self.get_label_dir()}/{split}.{label}" for label in self.cfg.labels],
+            label_rates=self.cfg.label_rate,
+            pad_list=[dictionary.pad() for dictionary in dictionaries],
+            eos_list=[dictionary.eos() for dictionary in dictionaries],
+            label_processors=[LabelEncoder(dictionary) for dictionary in dictionaries],
+            max_keep_sample_size=self.cfg.max_keep_size,
+            min_keep_sample_size=self.cfg.min_sample_size,
+            max_sample_size=self.cfg.max_sample_size,
+            pad_audio=self.cfg.pad_audio,
+            normalize=self.cfg.normalize,
+            store_labels=False,
+            random_crop=self.cfg.random_crop,
+            single_target=self.cfg.single_target,
+            seed=self.cfg.seed,
+        )
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        with seeded_span_masks(model, self.cfg.seed, sample["id"]):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad)
 
     def begin_valid_epoch(self, epoch: int, model) -> None:
         super().begin_valid_epoch(epoch, model)
@@ -71,7 +127,8 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
         self._mi_pending = due
 
     def valid_step(self, sample, model, criterion):
-        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        with seeded_span_masks(model, self.cfg.seed, sample["id"]):
+            loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         if self._mi_pending:  # once per due validation, on its first batch
             self._mi_pending = False
             logging_output.update(self.probe_mutual_information(getattr(model, "module", model)))
