@@ -10,7 +10,8 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -62,6 +63,11 @@ def plot_curves(curves: dict[str, dict[str, list[dict]]], key: str, kind: str, y
     plt.close(fig)
 
 
+def prefixed(name: str) -> Callable[[str], None]:
+    """A progress printer tagging each line with the run it comes from (two runs print side by side)."""
+    return lambda line: log(f"[{name}] {line}")
+
+
 def timed(times: dict[str, float], name: str, step, *args):
     """Runs one stage, logging its start and wall time into `times`."""
     log(f"== {name}")
@@ -89,6 +95,7 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     out = out.resolve()
     corpus, mfcc_dir, labels = out / "corpus", out / "features" / "mfcc", out / "labels" / "iter1"
     times: dict[str, float] = {}
+    demo_start = time.time()
 
     def make_corpus() -> None:
         if (corpus / "corpus.json").exists():
@@ -104,32 +111,46 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     timed(times, "corpus", make_corpus)
     timed(times, "MFCC + k-means labels", make_labels)
 
-    results, pretrain_curves, finetune_curves, mi_checkpoints = {}, {}, {}, {}
-    for title, (config, finetuned) in MODELS.items():
+    def train_model(title: str, config: str, finetuned: bool) -> dict:
+        """One model's chain: pretrain, then (if asked) fine-tune and decode; one thread, beside another chain."""
         model_dir = out / "models" / config
+        echo = prefixed(config)
         pretrained = model_dir / "pretrain" / "checkpoint_best.pt"
         text = timed(times, f"pretrain {config}", hydra_train, f"pretrain/{config}", [
             f"task.data={corpus}", f"task.label_dir={labels}", f"checkpoint.save_dir={pretrained.parent}",
             f"optimization.max_update={pretrain_updates}", "common.log_format=json", f"common.seed={seed}",
-        ], model_dir / "pretrain.log", log)
-        pretrain_curves[title] = read_metrics(text)
-        mi_checkpoints[title] = pretrained
-        results[title] = {"config": config,
-                          "params": count_parameters(build_from_config(DEFAULT_CONFIG_DIR, config, clusters))["total"]}
-        if not finetuned:
-            continue
-        finetuned_checkpoint = model_dir / "finetune" / "checkpoint_best.pt"
-        text = timed(times, f"fine-tune {config}", hydra_train, "finetune/tiny_ctc", [
-            f"task.data={corpus}", f"task.label_dir={corpus}", f"checkpoint.save_dir={finetuned_checkpoint.parent}",
-            f"model.w2v_path={pretrained}", f"optimization.max_update={finetune_updates}",
-            "common.log_format=json", f"common.seed={seed}",
-        ], model_dir / "finetune.log", log)
-        finetune_curves[title] = read_metrics(text)
-        mi_checkpoints[f"{title} + CTC"] = finetuned_checkpoint
-        wer = timed(times, f"decode {config}", generate_wer, corpus, corpus, finetuned_checkpoint, "test",
-                    model_dir / "generate_test.log", log)
-        log(f"{title}: test WER {wer:.2f}%")
-        results[title].update(test_wer=wer, checkpoint=str(finetuned_checkpoint))
+        ], model_dir / "pretrain.log", echo, 1)
+        result = {"config": config, "pretrained": pretrained, "pretrain_curves": read_metrics(text),
+                  "params": count_parameters(build_from_config(DEFAULT_CONFIG_DIR, config, clusters))["total"]}
+        if finetuned:
+            checkpoint = model_dir / "finetune" / "checkpoint_best.pt"
+            text = timed(times, f"fine-tune {config}", hydra_train, "finetune/tiny_ctc", [
+                f"task.data={corpus}", f"task.label_dir={corpus}", f"checkpoint.save_dir={checkpoint.parent}",
+                f"model.w2v_path={pretrained}", f"optimization.max_update={finetune_updates}",
+                "common.log_format=json", f"common.seed={seed}",
+            ], model_dir / "finetune.log", echo, 1)
+            wer = timed(times, f"decode {config}", generate_wer, corpus, corpus, checkpoint, "test",
+                        model_dir / "generate_test.log", echo, 1)
+            log(f"{title}: test WER {wer:.2f}%")
+            result.update(test_wer=wer, checkpoint=checkpoint, finetune_curves=read_metrics(text))
+        return result
+
+    # Two chains at a time, one thread each: on 2 cores this is ~1.4x faster than one chain on 2 threads.
+    start = time.time()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {title: pool.submit(train_model, title, *spec) for title, spec in MODELS.items()}
+        chains = {title: future.result() for title, future in futures.items()}
+    times["models (2 chains side by side)"] = time.time() - start
+    results = {title: {k: chain[k] for k in ("config", "params", "test_wer") if k in chain}
+               for title, chain in chains.items()}
+    for title, chain in chains.items():
+        if "checkpoint" in chain:
+            results[title]["checkpoint"] = str(chain["checkpoint"])
+    pretrain_curves = {title: chain["pretrain_curves"] for title, chain in chains.items()}
+    finetune_curves = {title: chain["finetune_curves"] for title, chain in chains.items() if "finetune_curves" in chain}
+    mi_checkpoints = {title: chain["pretrained"] for title, chain in chains.items()}
+    mi_checkpoints.update({f"{title} + CTC": chain["checkpoint"] for title, chain in chains.items()
+                           if "checkpoint" in chain})
 
     mi_args = ["--data", str(corpus), "--subset", "test", "--out", str(out / "mi"), "--max-utterances", "40",
                "--max-frames", "2500", "--mine-iterations", "1500"]  # sized to keep the demo within 30 minutes
@@ -141,15 +162,17 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     plot_curves(pretrain_curves, "loss", "train_inner", "pretraining loss (train)", out / "pretrain_loss.png")
     plot_curves(finetune_curves, "loss", "train_inner", "CTC loss (train)", out / "finetune_loss.png")
     plot_curves(finetune_curves, "valid_wer", "valid", "valid WER (%)", out / "finetune_valid_wer.png")
-    (out / "results.json").write_text(json.dumps({"models": results, "wall_seconds": times}, indent=2) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"models": results, "wall_seconds": times, "total_seconds": time.time() - demo_start}, indent=2)
+        + "\n")
     report = write_report(out, results, mi, json.loads((corpus / "corpus.json").read_text()), times,
-                          pretrain_updates, finetune_updates, clusters)
+                          time.time() - demo_start, pretrain_updates, finetune_updates, clusters)
     log(f"report: {report}")
     return report
 
 
-def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[str, float], pretrain_updates: int,
-                 finetune_updates: int, clusters: int) -> Path:
+def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[str, float], total_seconds: float,
+                 pretrain_updates: int, finetune_updates: int, clusters: int) -> Path:
     splits = ", ".join(f"{s} {v['utterances']} utterances / {v['minutes']} min" for s, v in corpus["splits"].items())
     lines = [
         "# mamba-hubert demo report", "",
@@ -179,7 +202,7 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
                    "a `hubert_ctc` head is a single linear layer, not the paper's Conformer head."), "",
               "## Wall times (2 CPU cores)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
-    lines.append(f"| total | {sum(times.values()):.0f} |")
+    lines.append(f"| total (wall clock; model stages ran two at a time) | {total_seconds:.0f} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -189,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--minutes", type=float, default=20.0, help="corpus size (all splits)")
-    parser.add_argument("--pretrain-updates", type=int, default=150)
-    parser.add_argument("--finetune-updates", type=int, default=1200)
+    parser.add_argument("--pretrain-updates", type=int, default=400)
+    parser.add_argument("--finetune-updates", type=int, default=1500)
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)

@@ -13,11 +13,15 @@ PROGRESS_MARKERS = ("[train_inner]", "[train]", "[valid]", "done training", "WER
 _WER = re.compile(r"WER: ([0-9.]+)")
 
 
-def run_fairseq(args: list[str], log_path: Path, echo: Callable[[str], None] | None = None) -> str:
+def run_fairseq(args: list[str], log_path: Path, echo: Callable[[str], None] | None = None,
+                threads: int | None = None) -> str:
     """Runs one fairseq console script of this interpreter's environment; writes its whole output to
     `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails. It runs in
-    `log_path`'s folder, where hydra leaves its own files."""
+    `log_path`'s folder, where hydra leaves its own files. `threads` caps its intra-op threads (two runs side
+    by side with one thread each beat one run with two on small models)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [str(Path(sys.executable).parent / args[0]), *args[1:]]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -35,23 +39,24 @@ def run_fairseq(args: list[str], log_path: Path, echo: Callable[[str], None] | N
     return output
 
 
-def hydra_train(config: str, overrides: list[str], log_path: Path, echo: Callable[[str], None] | None = None) -> str:
+def hydra_train(config: str, overrides: list[str], log_path: Path, echo: Callable[[str], None] | None = None,
+                threads: int | None = None) -> str:
     """`fairseq-hydra-train` with an example config, e.g. config="pretrain/tiny_conbimamba"."""
     group, name = config.split("/")
     args = ["fairseq-hydra-train", "--config-dir", str(CONFIG_ROOT / group), "--config-name", name,
             f"common.user_dir={PLUGIN_DIR}", *overrides]
-    return run_fairseq(args, log_path, echo)
+    return run_fairseq(args, log_path, echo, threads)
 
 
 def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str, log_path: Path,
-                 echo: Callable[[str], None] | None = None) -> float:
+                 echo: Callable[[str], None] | None = None, threads: int | None = None) -> float:
     """Decodes `subset` with `fairseq-generate --scoring wer` (greedy CTC) and returns the WER it prints."""
     output = run_fairseq(
         ["fairseq-generate", str(data_dir), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
          "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(label_dir),
          "--path", str(checkpoint), "--gen-subset", subset, "--scoring", "wer", "--post-process", "letter",
          "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1"],
-        log_path, echo,
+        log_path, echo, threads,
     )
     match = _WER.search(output)
     if match is None:
