@@ -1,6 +1,8 @@
 """The training task refuses bad data before training starts, naming the file and line."""
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from mamba_hubert.pipeline import hydra_train
 from tests.fairseq_runs import SMALL_MODEL, make_tone_corpus, pretrain_overrides
@@ -26,3 +28,35 @@ def test_training_refuses_missing_audio(tmp_path):
         hydra_train("pretrain/tiny_mamba", pretrain_overrides(corpus, tmp_path / "ckpt", "optimization.max_update=2",
                                                               *SMALL_MODEL), tmp_path / "train.log")
     assert "train.tsv:5" in str(failure.value) or "train3.wav" in str(failure.value)
+
+
+def _put_nan_in_every_training_file(corpus):
+    for wav_path in sorted((corpus / "wav").glob("train*.wav")):
+        wav, rate = sf.read(wav_path, dtype="float32")
+        wav[len(wav) // 2] = np.nan
+        sf.write(wav_path, wav, rate, subtype="FLOAT")
+
+
+def test_training_refuses_nan_audio_when_asked_to_scan_samples(tmp_path):
+    corpus = make_tone_corpus(tmp_path / "tones")
+    _put_nan_in_every_training_file(corpus)
+    with pytest.raises(RuntimeError) as failure:
+        hydra_train("pretrain/tiny_mamba", pretrain_overrides(corpus, tmp_path / "ckpt", "optimization.max_update=2",
+                                                              "task.check_audio_samples=true", *SMALL_MODEL),
+                    tmp_path / "train.log")
+    assert "train0.wav" in str(failure.value) and "NaN/Inf" in str(failure.value)
+    assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
+
+
+def test_nan_reaching_a_batch_stops_training_before_any_step(tmp_path):
+    """With the data check off, fairseq's own guard (non-finite gradient norm -> FloatingPointError, then its
+    NanDetector naming the first module with a NaN output) stops the run before an optimiser step or a save."""
+    corpus = make_tone_corpus(tmp_path / "tones")
+    _put_nan_in_every_training_file(corpus)
+    with pytest.raises(RuntimeError) as failure:
+        hydra_train("pretrain/tiny_mamba", pretrain_overrides(corpus, tmp_path / "ckpt", "optimization.max_update=2",
+                                                              "task.check_data=false", *SMALL_MODEL),
+                    tmp_path / "train.log")
+    log = (tmp_path / "train.log").read_text()
+    assert "FloatingPointError" in str(failure.value) and "NaN detected in output of" in log
+    assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
