@@ -3,6 +3,7 @@ any training starts, random crops and span masks that a resumed run replays, and
 fairseq-generate."""
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from omegaconf import II
 from mamba_hubert.analysis.layerwise import layerwise_mi
 from mamba_hubert.data.check import validate_or_raise
 from mamba_hubert.models.mamba_hubert import seeded_span_masks
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder
+from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 
 
 @dataclass
@@ -34,6 +35,18 @@ class MambaHubertPretrainingConfig(HubertPretrainingConfig):
     mi_mine_iterations: int = field(default=1000, metadata={"help": "MINE steps per estimate during training"})
     mi_seeds: int = field(default=2, metadata={"help": "MINE seeds (fresh networks) per estimate"})
     seed: int = field(default=II("common.seed"), metadata={"help": "seeds random crops and span masks"})
+    # Decoding (fairseq-generate): greedy unless both a lexicon and an LM are given. Optional[...], not `| None`:
+    # fairseq turns these fields into CLI flags and recognises only the typing form.
+    ctc_lexicon: Optional[str] = field(  # noqa: UP045
+        default=None, metadata={"help": "lexicon for beam search decoding, one 'WORD<TAB>W O R D |' a line; only "
+                                        "its words can be decoded (needs ctc_lm and flashlight-text)"})
+    ctc_lm: Optional[str] = field(  # noqa: UP045
+        default=None, metadata={"help": "KenLM word n-gram model (ARPA or binary, order >= 2) for beam search"})
+    ctc_lm_weight: float = field(default=2.0, metadata={"help": "weight of the LM log-prob in the beam search"})
+    ctc_word_score: float = field(default=-1.0, metadata={"help": "score added per decoded word"})
+    ctc_beam: int = field(default=50, metadata={"help": "hypotheses kept per frame in the beam search"})
+    ctc_beam_threshold: float = field(
+        default=25.0, metadata={"help": "hypotheses scoring this far below the best are dropped"})
 
 
 class SeededCropHubertDataset(HubertDataset):
@@ -150,9 +163,17 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
             values = [log[key] for log in logging_outputs if key in log]
             metrics.log_scalar(key, sum(values) / len(values), round=3)
 
-    def build_generator(self, models, args, **unused) -> CTCGreedyDecoder:
-        """CTC decoding of a fine-tuned model (fairseq-generate); needs `--fine-tuning --labels '["ltr"]'`."""
+    def build_generator(self, models, args, **unused) -> CTCGreedyDecoder | CTCLexiconDecoder:
+        """CTC decoding of a fine-tuned model (fairseq-generate); needs `--fine-tuning --labels '["ltr"]'`.
+        Greedy, or a lexicon + KenLM beam search with `--ctc-lexicon PATH --ctc-lm PATH`."""
         if not self.cfg.fine_tuning:
             raise ValueError("decoding needs the fine-tuning labels: pass --fine-tuning --labels '[\"ltr\"]'")
         dictionary = self.target_dictionary
-        return CTCGreedyDecoder(dictionary, dictionary.index(self.blank_symbol))
+        blank = dictionary.index(self.blank_symbol)
+        if (self.cfg.ctc_lexicon is None) != (self.cfg.ctc_lm is None):
+            raise ValueError("beam search decoding needs both --ctc-lexicon and --ctc-lm (neither: greedy)")
+        if self.cfg.ctc_lexicon is None:
+            return CTCGreedyDecoder(dictionary, blank)
+        return CTCLexiconDecoder(dictionary, blank, self.cfg.ctc_lexicon, self.cfg.ctc_lm,
+                                 lm_weight=self.cfg.ctc_lm_weight, word_score=self.cfg.ctc_word_score,
+                                 beam=self.cfg.ctc_beam, beam_threshold=self.cfg.ctc_beam_threshold)

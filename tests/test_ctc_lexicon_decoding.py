@@ -1,0 +1,175 @@
+"""Lexicon + KenLM beam search (flashlight-text) behind `task.build_generator`: on hand-made emissions it spells
+lexicon words, lets the LM settle an ambiguous letter, never leaves the lexicon; fairseq-generate reaches it
+through `--ctc-lexicon/--ctc-lm`."""
+
+import itertools
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import editdistance
+import pytest
+import torch
+from fairseq.data import Dictionary
+
+from mamba_hubert.pipeline import PLUGIN_DIR, hydra_train, run_fairseq
+from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
+from mamba_hubert.tasks.mamba_hubert_pretraining import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
+from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
+
+pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (lexicon/KenLM decoding) is not installed")
+
+LETTERS = "|ABCDEGHOST"
+LEXICON = {"A": "A", "CAT": "CAT", "CAB": "CAB", "THE": "THE", "SAT": "SAT", "DOGS": "DOGS"}
+LM_TEXT = ["A CAT SAT", "THE CAT SAT", "A CAT", "THE CAB", "THE DOGS SAT"]
+
+
+def write_bigram_arpa(sentences: list[str], path: Path, discount: float = 0.5, unk_prob: float = 1e-4) -> Path:
+    """A normalised bigram ARPA model: absolute discounting, backing off to relative-frequency unigrams."""
+    padded = [["<s>", *sentence.split(), "</s>"] for sentence in sentences]
+    unigram_counts = Counter(word for sentence in padded for word in sentence[1:])
+    total = sum(unigram_counts.values())
+    unigram = {word: (1 - unk_prob) * count / total for word, count in unigram_counts.items()} | {"<unk>": unk_prob}
+    pair_counts = Counter(pair for sentence in padded for pair in itertools.pairwise(sentence))
+    history_counts = Counter(history for (history, _), count in pair_counts.items() for _ in range(count))
+    bigram = {(h, w): (count - discount) / history_counts[h] for (h, w), count in pair_counts.items()}
+    # The mass taken off each history's seen bigrams goes to its unseen words, in unigram proportion.
+    backoff = {}
+    for history in history_counts:
+        seen = [w for h, w in bigram if h == history]
+        backoff[history] = (1 - sum(bigram[history, w] for w in seen)) / (1 - sum(unigram[w] for w in seen))
+    lines = ["\\data\\", f"ngram 1={len(unigram) + 1}", f"ngram 2={len(bigram)}", "", "\\1-grams:",
+             f"-99\t<s>\t{math.log10(backoff['<s>']):.6f}"]
+    for word, prob in sorted(unigram.items()):
+        lines.append(f"{math.log10(prob):.6f}\t{word}" + (f"\t{math.log10(backoff[word]):.6f}" if word in backoff else ""))
+    lines += ["", "\\2-grams:", *(f"{math.log10(p):.6f}\t{h} {w}" for (h, w), p in sorted(bigram.items())), "",
+              "\\end\\", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_lexicon(words: dict[str, str], path: Path) -> Path:
+    path.write_text("".join(f"{word}\t{' '.join(spelling)} |\n" for word, spelling in words.items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def letters() -> Dictionary:
+    dictionary = Dictionary()  # <s> (the CTC blank, as in fairseq's HuBERT task), <pad>, </s>, <unk>, letters
+    for letter in LETTERS:
+        dictionary.add_symbol(letter)
+    return dictionary
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("lexicon_lm")
+    return write_lexicon(LEXICON, root / "lexicon.txt"), write_bigram_arpa(LM_TEXT, root / "lm.arpa")
+
+
+def decoder(letters: Dictionary, files: tuple[Path, Path], **options) -> CTCLexiconDecoder:
+    lexicon, lm = files
+    return CTCLexiconDecoder(letters, letters.bos(), str(lexicon), str(lm), **options)
+
+
+def emissions(letters: Dictionary, frames: list[dict[str, float]]) -> torch.Tensor:
+    """(T, V) log-probs; each frame gives probabilities to a few symbols ('-' = blank), the rest share 1e-4."""
+    probs = torch.full((len(frames), len(letters)), 1e-4)
+    for t, frame in enumerate(frames):
+        for symbol, prob in frame.items():
+            probs[t, letters.bos() if symbol == "-" else letters.index(symbol)] = prob
+    return (probs / probs.sum(-1, keepdim=True)).log()
+
+
+def spelled(text: str) -> list[dict[str, float]]:
+    """Clear emissions: one confident frame per character of `text` (' ' = word boundary, '-' = blank). As a CTC
+    model trained on '.ltr' targets, every word is followed by a boundary frame (the lexicon spells it too)."""
+    return [{"|" if c == " " else c: 0.99} for c in text]
+
+
+def test_clear_emission_decodes_the_words(letters, files):
+    result = decoder(letters, files).decode(emissions(letters, spelled("-THE CAT SAAT -")))
+    assert result["words"] == ["THE", "CAT", "SAT"]
+    assert letters.string(result["tokens"]) == "T H E | C A T | S A T |"  # what the '.ltr' references look like
+    assert result["positional_scores"].shape == result["tokens"].shape
+    assert bool((result["positional_scores"] > math.log(0.9)).all())  # each letter at a frame that emits it
+    assert math.isfinite(result["score"])
+
+
+def test_lm_settles_an_ambiguous_letter(letters, files):
+    # "CA?" with B slightly ahead of T: acoustics alone say CAB; after "A" the LM strongly prefers CAT.
+    frames = spelled("A CA") + [{"B": 0.55, "T": 0.45}] + spelled(" ")
+    assert decoder(letters, files, lm_weight=0.0, word_score=0.0).decode(emissions(letters, frames))["words"] == [
+        "A", "CAB"]
+    assert decoder(letters, files, lm_weight=2.0, word_score=0.0).decode(emissions(letters, frames))["words"] == [
+        "A", "CAT"]
+
+
+def test_words_outside_the_lexicon_are_never_produced(letters, files):
+    # "DOG", "HAT", "SO" are clearly spelled but are not lexicon words; greedy decoding does spell them.
+    log_probs = emissions(letters, spelled("THE DOG HAT SO CAT "))
+    greedy = CTCGreedyDecoder(letters, letters.bos())
+    best = log_probs.argmax(-1).unique_consecutive()
+    assert letters.string(best[best != greedy.blank_index]) == "T H E | D O G | H A T | S O | C A T |"
+    for weight in (0.0, 2.0):
+        result = decoder(letters, files, lm_weight=weight).decode(log_probs)
+        assert result["words"] and set(result["words"]) <= set(LEXICON)
+        spelled_words = letters.string(result["tokens"]).replace(" ", "").split("|")
+        assert [word for word in spelled_words if word] == result["words"]  # the letters spell exactly those words
+
+
+def test_build_generator_chooses_by_options(letters, files, tmp_path):
+    letters.save(str(tmp_path / "dict.ltr.txt"))
+    lexicon, lm = files
+    common = {"data": str(tmp_path), "label_dir": str(tmp_path), "labels": ["ltr"], "fine_tuning": True,
+              "pad_audio": True, "seed": 1}
+
+    def generator(**options):
+        task = MambaHubertPretrainingTask(MambaHubertPretrainingConfig(**common, **options))
+        return task.build_generator([], None)
+
+    assert isinstance(generator(), CTCGreedyDecoder)
+    beam = generator(ctc_lexicon=str(lexicon), ctc_lm=str(lm), ctc_lm_weight=0.5, ctc_beam=7)
+    assert isinstance(beam, CTCLexiconDecoder) and beam.silence_index == letters.index("|")
+    assert beam.blank_index == letters.bos()
+    with pytest.raises(ValueError, match="both --ctc-lexicon and --ctc-lm"):
+        generator(ctc_lexicon=str(lexicon))
+
+
+def test_lexicon_with_an_unknown_letter_is_refused(letters, files, tmp_path):
+    _, lm = files
+    lexicon = write_lexicon({"CAT": "CAT", "ZOO": "ZOO"}, tmp_path / "lexicon.txt")
+    with pytest.raises(ValueError, match="'ZOO' is spelled with"):
+        CTCLexiconDecoder(letters, letters.bos(), str(lexicon), str(lm))
+
+
+def test_fairseq_generate_decodes_with_lexicon_and_lm(tmp_path, monkeypatch):
+    """fairseq-generate --ctc-lexicon/--ctc-lm on a tiny fine-tuned model: every hypothesis word is a lexicon word
+    (greedy decoding of such an untrained model spells arbitrary letters) and the printed WER is theirs."""
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    corpus = make_tone_corpus(tmp_path / "tones", splits=(("train", 8), ("valid", 3)))
+    hydra_train("pretrain/tiny_transformer", pretrain_overrides(corpus, tmp_path / "pt", "optimization.max_update=1",
+                                                          *SMALL_MODEL), tmp_path / "pretrain.log", threads=1)
+    hydra_train("finetune/tiny_ctc", finetune_overrides(corpus, tmp_path / "ft", tmp_path / "pt" / "checkpoint_last.pt",
+                                                        "optimization.max_update=2", "model.freeze_finetune_updates=0"),
+                tmp_path / "finetune.log", threads=1)
+    words = {letter * 2: letter * 2 for letter in "ABCDE"}  # the tone corpus's transcripts: "A A |" is the word AA
+    lexicon = write_lexicon(words, tmp_path / "lexicon.txt")
+    lm = write_bigram_arpa(["AA BB", "CC DD EE", "AA"], tmp_path / "lm.arpa")
+    output = run_fairseq(
+        ["fairseq-generate", str(corpus), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
+         "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(corpus),
+         "--path", str(tmp_path / "ft" / "checkpoint_last.pt"), "--gen-subset", "valid", "--scoring", "wer",
+         "--post-process", "letter", "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1",
+         "--ctc-lexicon", str(lexicon), "--ctc-lm", str(lm), "--ctc-word-score", "5", "--ctc-beam", "8"],
+        tmp_path / "generate.log", threads=1)
+    assert f"Reading {lm}" in output  # KenLM loaded the LM given on the command line
+    lines = output.splitlines()
+    targets = {line.split("\t")[0][2:]: line.split("\t")[1].split() for line in lines if line.startswith("T-")}
+    hypotheses = {line.split("\t")[0][2:]: line.split("\t")[2].split() for line in lines if line.startswith("D-")}
+    assert len(hypotheses) == len(targets) == 3
+    assert any(hypotheses.values()) and all(set(words_) <= set(words) for words_ in hypotheses.values())
+    errors = sum(editdistance.eval(targets[i], hypotheses[i]) for i in targets)
+    wer = 100.0 * errors / sum(len(target) for target in targets.values())
+    assert float(re.search(r"WER: ([0-9.]+)", output).group(1)) == pytest.approx(wer, abs=0.01)
