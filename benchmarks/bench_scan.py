@@ -31,7 +31,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import cpu_name, write_results
 
 IMPLS = ("ours", "mamba_ssm_ref", "mambapy")
 MODES = ("forward", "forward_backward")
@@ -300,17 +300,6 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_scan"))
@@ -356,12 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.time() - started, 1),
     }
     summary = summarize(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "cases": results}, indent=2))
-    (args.out / "results.md").write_text(markdown(results, meta, summary))
-    if args.png:
-        plot(results, args.out / "scan_time.png")
-    print(f"wrote {args.out}/results.json, results.md" + (", scan_time.png" if args.png else ""))
+    write_results(args.out, {"meta": meta, "summary": summary, "cases": results}, markdown(results, meta, summary),
+                  (lambda path: plot(results, path)) if args.png else None, "scan_time.png")
     return 0
 
 

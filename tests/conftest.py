@@ -34,3 +34,13 @@ def tiny_model(layer_type: str, seed: int = 0, **overrides) -> MambaHubertModel:
 @pytest.fixture(params=LAYER_TYPES)
 def layer_type(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run hundreds of small ops per chunk: with 2 threads on 2 shared cores, OpenMP hand-offs made
+    them up to 100x slower whenever another process was busy. One thread keeps such a test file fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -50,15 +50,18 @@ class MambaHubertConfig(HubertConfig):
 
 
 def _without_encoder_layers(cfg):
-    """A copy of `cfg` asking for no encoder layers, so HubertModel's own init builds no Transformer stack."""
+    """A copy of `cfg` asking for no encoder layers, so HubertModel's own init builds no Transformer stack. Its
+    throwaway encoder still builds a positional conv, which fairseq cannot size at `conv_pos=0` (division by
+    zero), so it gets a 1-wide one; our MambaEncoder, built from the real cfg, has none."""
     cfg = copy.deepcopy(cfg)
+    throwaway = {"encoder_layers": 0, "layer_type": "transformer", "conv_pos": max(cfg.conv_pos, 1)}
     if isinstance(cfg, DictConfig):
         with open_dict(cfg):
-            cfg.encoder_layers = 0
-            cfg.layer_type = "transformer"
+            for key, value in throwaway.items():
+                setattr(cfg, key, value)
     else:
-        cfg.encoder_layers = 0
-        cfg.layer_type = "transformer"
+        for key, value in throwaway.items():
+            setattr(cfg, key, value)
     return cfg
 
 
