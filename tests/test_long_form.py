@@ -28,9 +28,8 @@ CASES = {
     "transformer": ("transformer", {}),
 }
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def audio() -> torch.Tensor:

@@ -14,9 +14,8 @@ from tests.conftest import tiny_model
 SAMPLE_RATE = 16000
 CAUSAL = {"conv_pos": 0, "extractor_mode": "layer_norm"}
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def state_sensitive(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     """Make carried Mamba state matter: fairseq's init (std 0.02 projections) and fast-decaying A leave outputs
