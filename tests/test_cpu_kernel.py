@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -199,8 +200,10 @@ def test_rejects_unsupported_shapes():
 
 
 def _bench_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scan.py"
-    spec = importlib.util.spec_from_file_location("bench_scan", path)
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # as when run as a script: its folder's benchmarks/machine.py importable
+    spec = importlib.util.spec_from_file_location("bench_scan", folder / "bench_scan.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
