@@ -371,41 +371,43 @@ def markdown(cases: list[dict], models: dict[str, dict], meta: dict, summary: di
 
 
 def plot(cases: list[dict], path: Path) -> None:
-    """RTF against duration (left, log x) and peak memory growth (right, linear x: linear growth is a straight
-    line), one line per model and path; durations that did not run are named in the legend."""
+    """Wall-time RTF and process CPU time per audio second against duration (log x), and peak memory growth
+    (linear x: linear growth is a straight line), one line per model and path; durations that did not run are
+    named in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
     inference = [c for c in cases if c["kind"] == "inference"]
     for model, run_path in sorted({(c["model"], c["path"]) for c in inference}):
         mine = [c for c in inference if c["model"] == model and c["path"] == run_path]
-        points = sorted((c["seconds"], c["rtf"], c["peak_mb"]) for c in mine if c["status"] == "ok")
-        if not points:
+        done = sorted((c for c in mine if c["status"] == "ok"), key=lambda c: c["seconds"])
+        if not done:
             continue
         missing = [f"{c['seconds']:g} s {c['status'].split(' (')[0]}" for c in mine if c["status"] != "ok"]
         label = f"{model} ({run_path})" + (f"; {', '.join(missing)}" if missing else "")
-        xs, rtfs, mbs = zip(*points)
-        axes[0].plot(xs, rtfs, marker="o", label=label)
-        axes[1].plot(xs, [mb / 1e3 for mb in mbs], marker="o", label=label)
+        xs = [c["seconds"] for c in done]
+        axes[0].plot(xs, [c["rtf"] for c in done], marker="o", label=label)
+        axes[1].plot(xs, [c["cpu_s"] / c["seconds"] for c in done], marker="o", label=label)
+        axes[2].plot(xs, [c["peak_mb"] / 1e3 for c in done], marker="o", label=label)
     durations = sorted({c["seconds"] for c in inference})
-    axes[0].set_xscale("log")
-    axes[0].xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    axes[0].set_xticks(durations, [f"{d:g}" for d in durations])
-    axes[0].set_xlabel("audio duration (s, log scale)")
-    axes[0].set_ylabel("real-time factor (wall s per audio s)")
-    axes[0].set_ylim(bottom=0)
-    axes[1].set_xlabel("audio duration (s)")
-    axes[1].set_ylabel("peak memory growth during the call (GB)")
-    axes[1].set_xlim(left=0)
-    axes[1].set_ylim(bottom=0)
+    for ax, ylabel in zip(axes[:2], ["real-time factor (wall s per audio s)", "process CPU s per audio s"]):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(durations, [f"{d:g}" for d in durations])
+        ax.set_xlabel("audio duration (s, log scale)")
+        ax.set_ylabel(ylabel)
+    axes[2].set_xlabel("audio duration (s)")
+    axes[2].set_ylabel("peak memory growth during the call (GB)")
+    axes[2].set_xlim(left=0)
     for ax in axes:
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -444,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"reduced run: {QUICK_SECONDS} s, no plain Mamba runs, a 4 s training step")
     parser.add_argument("--png", action="store_true", help="also draw encoder_rtf.png")
+    parser.add_argument("--redraw", action="store_true", help="measure nothing: rewrite results.md (and with --png "
+                        "the plot) from --out's results.json, e.g. after a change to the report")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -464,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     long_form_seconds = args.long_form_seconds if args.long_form_seconds is not None else (
         [] if args.quick else [600])
     train_seconds = args.train_seconds or (4.0 if args.quick else 10.0)
+    if args.redraw:
+        saved = json.loads((args.out / "results.json").read_text())
+        write_reports(args.out, saved["meta"], saved["models"], saved["cases"], seconds, args.png)
+        return 0
     started = time.time()
     meta = {
         "command": " ".join(["python", "benchmarks/bench_encoder.py"] + (sys.argv[1:] if argv is None else argv)),
@@ -514,11 +522,17 @@ def main(argv: list[str] | None = None) -> int:
 
     meta.update(loadavg_end=os.getloadavg(), gemm_gflops_end=measure_in_child(gemm_case, args.budget_s)["gflops"],
                 wall_s=round(time.time() - started, 1))
-    summary = summarize(cases, models, seconds)
-    write_results(args.out, {"meta": meta, "summary": summary, "models": models, "cases": cases},
-                  markdown(cases, models, meta, summary), (lambda path: plot(cases, path)) if args.png else None,
-                  "encoder_rtf.png")
+    write_reports(args.out, meta, models, cases, seconds, args.png)
     return 0
+
+
+def write_reports(out: Path, meta: dict, models: dict, cases: list[dict], seconds: list[float], png: bool) -> None:
+    """results.json, results.md and (with `png`) encoder_rtf.png in `out`; `seconds`: the durations that the
+    flatness summary spans."""
+    summary = summarize(cases, models, seconds)
+    write_results(out, {"meta": meta, "summary": summary, "models": models, "cases": cases},
+                  markdown(cases, models, meta, summary), (lambda path: plot(cases, path)) if png else None,
+                  "encoder_rtf.png")
 
 
 if __name__ == "__main__":
