@@ -4,7 +4,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PLUGIN_DIR = Path(__file__).resolve().parent
@@ -49,13 +49,15 @@ def hydra_train(config: str, overrides: list[str], log_path: Path, echo: Callabl
 
 
 def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str, log_path: Path,
-                 echo: Callable[[str], None] | None = None, threads: int | None = None) -> float:
-    """Decodes `subset` with `fairseq-generate --scoring wer` (greedy CTC) and returns the WER it prints."""
+                 echo: Callable[[str], None] | None = None, threads: int | None = None,
+                 decoder_args: Sequence[str] = ()) -> float:
+    """Decodes `subset` with `fairseq-generate --scoring wer` and returns the WER it prints: greedy CTC, or
+    what `decoder_args` choose (e.g. `--ctc-lexicon L --ctc-lm LM`)."""
     output = run_fairseq(
         ["fairseq-generate", str(data_dir), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
          "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(label_dir),
          "--path", str(checkpoint), "--gen-subset", subset, "--scoring", "wer", "--post-process", "letter",
-         "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1"],
+         "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1", *decoder_args],
         log_path, echo, threads,
     )
     match = _WER.search(output)

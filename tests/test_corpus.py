@@ -2,6 +2,7 @@
 speakers and sentences; the build is deterministic. Needs the Debian TTS packages (skipped without them)."""
 
 import filecmp
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -85,6 +86,23 @@ def test_test_split_holds_out_speakers_and_sentences(corpus_dir):
     assert not sentences["valid"] & sentences["train"]
     engines = {row["engine"] for split in SPLITS for row in _meta(corpus_dir, split)}
     assert engines == {"espeak", "flite", "festival"}
+
+
+@needs_engines
+def test_lm_text_holds_no_held_out_sentence_and_the_lexicon_spells_its_words(corpus_dir):
+    lm_text = _lines(corpus_dir / "lm.txt")
+    held_out = set(_lines(corpus_dir / "valid.wrd")) | set(_lines(corpus_dir / "test.wrd"))
+    assert set(_lines(corpus_dir / "train.wrd")) <= set(lm_text) and not held_out & set(lm_text)
+    assert len(lm_text) > 10 * len(_lines(corpus_dir / "train.wrd"))  # the pool's whole training share
+    lexicon = dict(line.split("\t") for line in _lines(corpus_dir / "lexicon.txt"))
+    assert set(lexicon) == {word for line in lm_text for word in line.split()}
+    letters = {line.split()[0] for line in _lines(corpus_dir / "dict.ltr.txt")}
+    for word, spelling in lexicon.items():
+        assert spelling == " ".join(word) + " |" and set(spelling.split()) <= letters
+    test_words = " ".join(_lines(corpus_dir / "test.wrd")).split()
+    oov = 100 * sum(word not in lexicon for word in test_words) / len(test_words)
+    summary = json.loads((corpus_dir / "corpus.json").read_text())["lm"]
+    assert summary == {"sentences": len(lm_text), "lexicon_words": len(lexicon), "test_oov_percent": round(oov, 2)}
 
 
 @needs_engines

@@ -2,10 +2,9 @@
 lexicon words, lets the LM settle an ambiguous letter, never leaves the lexicon; fairseq-generate reaches it
 through `--ctc-lexicon/--ctc-lm`."""
 
-import itertools
 import math
 import re
-from collections import Counter
+import shutil
 from pathlib import Path
 
 import editdistance
@@ -13,40 +12,26 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
+from mamba_hubert.data.ngram_lm import TLM_PATHS, build_arpa
 from mamba_hubert.pipeline import PLUGIN_DIR, hydra_train, run_fairseq
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.tasks.mamba_hubert_pretraining import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
 from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
 
 pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (lexicon/KenLM decoding) is not installed")
+if not any(shutil.which(path) for path in TLM_PATHS):
+    pytest.skip("IRSTLM (the LM builder) is not installed: apt-get install irstlm", allow_module_level=True)
 
 LETTERS = "|ABCDEGHOST"
 LEXICON = {"A": "A", "CAT": "CAT", "CAB": "CAB", "THE": "THE", "SAT": "SAT", "DOGS": "DOGS"}
 LM_TEXT = ["A CAT SAT", "THE CAT SAT", "A CAT", "THE CAB", "THE DOGS SAT"]
 
 
-def write_bigram_arpa(sentences: list[str], path: Path, discount: float = 0.5, unk_prob: float = 1e-4) -> Path:
-    """A normalised bigram ARPA model: absolute discounting, backing off to relative-frequency unigrams."""
-    padded = [["<s>", *sentence.split(), "</s>"] for sentence in sentences]
-    unigram_counts = Counter(word for sentence in padded for word in sentence[1:])
-    total = sum(unigram_counts.values())
-    unigram = {word: (1 - unk_prob) * count / total for word, count in unigram_counts.items()} | {"<unk>": unk_prob}
-    pair_counts = Counter(pair for sentence in padded for pair in itertools.pairwise(sentence))
-    history_counts = Counter(history for (history, _), count in pair_counts.items() for _ in range(count))
-    bigram = {(h, w): (count - discount) / history_counts[h] for (h, w), count in pair_counts.items()}
-    # The mass taken off each history's seen bigrams goes to its unseen words, in unigram proportion.
-    backoff = {}
-    for history in history_counts:
-        seen = [w for h, w in bigram if h == history]
-        backoff[history] = (1 - sum(bigram[history, w] for w in seen)) / (1 - sum(unigram[w] for w in seen))
-    lines = ["\\data\\", f"ngram 1={len(unigram) + 1}", f"ngram 2={len(bigram)}", "", "\\1-grams:",
-             f"-99\t<s>\t{math.log10(backoff['<s>']):.6f}"]
-    for word, prob in sorted(unigram.items()):
-        lines.append(f"{math.log10(prob):.6f}\t{word}" + (f"\t{math.log10(backoff[word]):.6f}" if word in backoff else ""))
-    lines += ["", "\\2-grams:", *(f"{math.log10(p):.6f}\t{h} {w}" for (h, w), p in sorted(bigram.items())), "",
-              "\\end\\", ""]
-    path.write_text("\n".join(lines))
-    return path
+def write_lm(sentences: list[str], path: Path) -> Path:
+    """A 3-gram LM by the project's own builder (IRSTLM); Witten-Bell, as Kneser-Ney needs more text."""
+    text = path.with_suffix(".txt")
+    text.write_text("".join(sentence + "\n" for sentence in sentences))
+    return build_arpa(text, path, order=3, smoothing="wb")
 
 
 def write_lexicon(words: dict[str, str], path: Path) -> Path:
@@ -65,7 +50,7 @@ def letters() -> Dictionary:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("lexicon_lm")
-    return write_lexicon(LEXICON, root / "lexicon.txt"), write_bigram_arpa(LM_TEXT, root / "lm.arpa")
+    return write_lexicon(LEXICON, root / "lexicon.txt"), write_lm(LM_TEXT, root / "lm.arpa")
 
 
 def decoder(letters: Dictionary, files: tuple[Path, Path], **options) -> CTCLexiconDecoder:
@@ -156,7 +141,7 @@ def test_fairseq_generate_decodes_with_lexicon_and_lm(tmp_path, monkeypatch):
                 tmp_path / "finetune.log", threads=1)
     words = {letter * 2: letter * 2 for letter in "ABCDE"}  # the tone corpus's transcripts: "A A |" is the word AA
     lexicon = write_lexicon(words, tmp_path / "lexicon.txt")
-    lm = write_bigram_arpa(["AA BB", "CC DD EE", "AA"], tmp_path / "lm.arpa")
+    lm = write_lm(["AA BB", "CC DD EE", "AA"], tmp_path / "lm.arpa")
     output = run_fairseq(
         ["fairseq-generate", str(corpus), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
          "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(corpus),
