@@ -1,7 +1,10 @@
 """A padded frame never changes a valid frame's output, for every layer type (DESIGN.md, Padding)."""
 
+import copy
+
 import pytest
 import torch
+from fairseq.modules import Fp32GroupNorm
 
 from mamba_hubert.frames import conv_output_length
 from mamba_hubert.modules import reverse_padded
@@ -45,8 +48,10 @@ def test_encoder_valid_outputs_have_no_gradient_from_padding(layer_type):
     assert x.grad[~mask].abs().max() > 0
 
 
-def test_model_extract_features_alone_equals_padded_batch(layer_type):
-    model = tiny_model(layer_type).eval()
+@pytest.mark.parametrize("extractor_mode", ["layer_norm", "default"])
+def test_model_extract_features_alone_equals_padded_batch(layer_type, extractor_mode):
+    # default: the first conv block's GroupNorm over time takes its statistics over each row's valid frames
+    model = tiny_model(layer_type, extractor_mode=extractor_mode).eval()
     torch.manual_seed(2)
     lengths = [16000, 9000, 12345]  # 9000 of 16000: fairseq's grouped mask marks one frame too many
     wav = torch.randn(3, 16000)
@@ -61,10 +66,27 @@ def test_model_extract_features_alone_equals_padded_batch(layer_type):
         assert torch.allclose(batched[i, :frames], alone[0], atol=1e-5), f"utterance {i}"
 
 
-def test_model_valid_frames_have_no_gradient_from_padded_samples():
-    model = tiny_model("conbimamba").eval()
+@pytest.mark.parametrize("extractor_mode", ["layer_norm", "default"])
+def test_model_valid_frames_have_no_gradient_from_padded_samples(extractor_mode):
+    model = tiny_model("conbimamba", extractor_mode=extractor_mode).eval()
     wav = torch.randn(2, 16000, requires_grad=True)
     mask = right_padding([16000, 9000], 16000)
     features, frame_mask = model.extract_features(wav, padding_mask=mask)
     features[~frame_mask].sum().backward()
     assert wav.grad[mask].abs().max() == 0
+
+
+def test_default_extractor_keeps_fairseqs_parameters_and_unpadded_output():
+    """The swapped GroupNorm changes nothing but the padding: same state-dict keys as fairseq's HubertModel (its
+    checkpoints load), and without padding the same features as fairseq's Fp32GroupNorm."""
+    model = tiny_model("transformer", extractor_mode="default").eval()
+    extractor = copy.deepcopy(model.feature_extractor)
+    block = extractor.conv_layers[0]
+    norm = next(m for m in block if isinstance(m, torch.nn.GroupNorm))
+    fairseq_norm = Fp32GroupNorm(norm.num_groups, norm.num_channels, affine=True)
+    fairseq_norm.load_state_dict(norm.state_dict())
+    block[list(block).index(norm)] = fairseq_norm
+    wav = torch.randn(2, 8000)
+    assert torch.equal(model.feature_extractor(wav), extractor(wav))
+    assert [k for k in model.state_dict() if k.startswith("feature_extractor")] == [
+        f"feature_extractor.{k}" for k in extractor.state_dict()]

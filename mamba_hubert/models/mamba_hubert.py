@@ -24,10 +24,12 @@ from fairseq.models import register_model
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 from omegaconf import DictConfig, open_dict
+from torch import nn
 
 from mamba_hubert.frames import conv_output_lengths
 from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
 from mamba_hubert.modules.encoder import LAYER_TYPES, MambaEncoder
+from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm
 from mamba_hubert.ops import SCAN_IMPLS
 
 logger = logging.getLogger(__name__)
@@ -75,12 +77,33 @@ class MambaHubertModel(HubertModel):
                     cfg.encoder_layers, cfg.layer_type)
         self.encoder = MambaEncoder(cfg)
         self.conv_layers = eval(cfg.conv_feature_layers)  # fairseq stores this field as a Python literal
+        block = self.feature_extractor.conv_layers[0]
+        for index, module in enumerate(block):  # the default extractor's GroupNorm over time: one that skips padding
+            if isinstance(module, nn.GroupNorm):
+                block[index] = ValidFramesGroupNorm.replacing(module)
         self.num_updates = 0
         self.mask_key: tuple[int, torch.Tensor] | None = None  # (seed, utterance ids), set by seeded_span_masks
 
     @classmethod
     def build_model(cls, cfg: MambaHubertConfig, task: HubertPretrainingTask) -> "MambaHubertModel":
         return cls(cfg, task.cfg, task.dictionaries)
+
+    def _first_group_norm(self) -> ValidFramesGroupNorm | None:
+        """Found, not kept as an attribute: a second reference would add keys to the state dict."""
+        return next((m for m in self.feature_extractor.conv_layers[0] if isinstance(m, ValidFramesGroupNorm)), None)
+
+    def forward(self, source: torch.Tensor, target_list: list[torch.Tensor] | None = None,
+                padding_mask: torch.Tensor | None = None, mask: bool = True, features_only: bool = False,
+                output_layer: int | None = None) -> dict[str, torch.Tensor]:
+        """HubertModel's forward; the first conv block's GroupNorm (default extractor) sees the rows' lengths."""
+        norm = self._first_group_norm()
+        if norm is None or padding_mask is None:
+            return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
+        norm.valid_frames = conv_output_lengths((~padding_mask).sum(-1), self.conv_layers[:1])
+        try:
+            return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
+        finally:
+            norm.valid_frames = None
 
     def forward_padding_mask(self, features: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """Frame mask from the exact conv arithmetic: a frame is valid only if its whole window is."""
