@@ -135,14 +135,15 @@ def model_flops(model: nn.Module, num_samples: int) -> dict[str, float]:
     return flops
 
 
-def _best_time(call) -> tuple[float, float, int, int]:
-    """Fastest wall time of `call` over up to 3 calls (while their total stays under REPEAT_WALL_S; other processes
-    only ever add time, so the fastest is the least disturbed), the process CPU time (all threads) of that call,
-    calls made, and the resident-set growth of the first call in bytes."""
+def _best_time(call, min_calls: int = 1) -> tuple[float, float, int, int]:
+    """Fastest wall time of `call` over at least `min_calls` and up to max(3, min_calls) calls (the extra ones while
+    their total stays under REPEAT_WALL_S; other processes only ever add time, so the fastest is the least
+    disturbed), the process CPU time (all threads) of that call, calls made, and the resident-set growth of the
+    first call in bytes."""
     base = _reset_peak()
     times: list[tuple[float, float]] = []
     growth = 0
-    while not times or (sum(wall for wall, _ in times) < REPEAT_WALL_S and len(times) < 3):
+    while len(times) < min_calls or (sum(wall for wall, _ in times) < REPEAT_WALL_S and len(times) < 3):
         start, cpu_start = time.perf_counter(), time.process_time()
         call()
         times.append((time.perf_counter() - start, time.process_time() - cpu_start))
@@ -152,7 +153,8 @@ def _best_time(call) -> tuple[float, float, int, int]:
     return wall, cpu, len(times), growth
 
 
-def run_inference(name: str, seconds: float, path: str, threads: int, chunk_seconds: float, max_gb: float) -> dict:
+def run_inference(name: str, seconds: float, path: str, threads: int, chunk_seconds: float, max_gb: float,
+                  min_calls: int = 1) -> dict:
     """One inference case in this process (meant to be a fresh one)."""
     from mamba_hubert.long_form import extract_features_long
 
@@ -168,7 +170,7 @@ def run_inference(name: str, seconds: float, path: str, threads: int, chunk_seco
     infer(torch.randn(2 * SAMPLE_RATE) * 0.1)  # warm-up: libraries, the scan kernel, thread pool
     audio = torch.randn(round(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(0)) * 0.1
     _cap_memory(max_gb)
-    time_s, cpu_s, calls, growth = _best_time(lambda: infer(audio))
+    time_s, cpu_s, calls, growth = _best_time(lambda: infer(audio), min_calls)
     return {"status": "ok", "time_s": time_s, "cpu_s": cpu_s, "rtf": time_s / seconds, "calls": calls,
             "peak_mb": growth / 1e6,
             "rss_peak_mb": _status_bytes("VmHWM") / 1e6}
@@ -439,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default="PASSIVE",
                         help="OpenMP's idle threads sleep (PASSIVE) or spin (ACTIVE, libgomp's default): spinning made "
                         "2-thread runs up to 6x slower while other processes used the cores")
+    parser.add_argument("--min-calls", type=int, default=1, help="time every inference case at least this many "
+                        "times and keep the fastest (short cases get up to 3 anyway)")
     parser.add_argument("--chunk-seconds", type=float, default=10.0, help="extract_features_long chunk")
     parser.add_argument("--train-seconds", type=float, help="utterance length of the training step (default 10)")
     parser.add_argument("--budget-s", type=float, default=900.0, help="time budget of one case")
@@ -458,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_train_step(case["model"], case["seconds"], case["threads"], case["max_gb"])
         else:
             result = run_inference(case["model"], case["seconds"], case["path"], case["threads"],
-                                   case["chunk_seconds"], case["max_gb"])
+                                   case["chunk_seconds"], case["max_gb"], case["min_calls"])
         print(json.dumps(result))
         return 0
 
@@ -501,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     common = {"threads": args.threads, "chunk_seconds": args.chunk_seconds, "max_gb": args.max_gb,
-              "omp_wait_policy": args.omp_wait_policy}
+              "omp_wait_policy": args.omp_wait_policy, "min_calls": args.min_calls}
     # Duration by duration, every model in turn: models compared at one duration run minutes apart, under
     # much the same load from other processes.
     plan: dict[tuple[str, str], list[float]] = {}
