@@ -29,10 +29,10 @@ class ValidFramesGroupNorm(nn.GroupNorm):
         if self.valid_frames is None:
             return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type_as(x)
         batch, channels, frames = x.shape
+        lengths = self.valid_frames.to(x.device)
         grouped = x.float().view(batch, self.num_groups, -1, frames)
-        valid = torch.arange(frames, device=x.device) < self.valid_frames.to(x.device).unsqueeze(1)
-        valid = valid.view(batch, 1, 1, frames)
-        count = (self.valid_frames.to(x.device) * (channels // self.num_groups)).clamp(min=1).view(batch, 1, 1, 1)
+        valid = (torch.arange(frames, device=x.device) < lengths.unsqueeze(1)).view(batch, 1, 1, frames)
+        count = (lengths * (channels // self.num_groups)).clamp(min=1).view(batch, 1, 1, 1)
         mean = (grouped * valid).sum((2, 3), keepdim=True) / count
         var = ((grouped - mean).square() * valid).sum((2, 3), keepdim=True) / count
         normed = ((grouped - mean) * torch.rsqrt(var + self.eps)).view(batch, channels, frames)

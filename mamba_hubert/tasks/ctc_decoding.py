@@ -6,6 +6,18 @@ import torch
 from fairseq.data.dictionary import Dictionary
 
 
+@torch.no_grad()
+def utterance_log_probs(models, sample: dict) -> list[torch.Tensor]:
+    """The CTC model's (T, V) log-probabilities for each utterance of `sample`, padded frames dropped."""
+    if len(models) != 1:
+        raise ValueError("CTC decoding takes one model, not an ensemble")
+    model = models[0]
+    net_output = model(**sample["net_input"])
+    log_probs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float()  # (B, T, V)
+    padding = net_output.get("padding_mask")
+    return [log_probs[i] if padding is None else log_probs[i][~padding[i]] for i in range(log_probs.shape[0])]
+
+
 class CTCGreedyDecoder:
     """Best path: the most likely token per frame, repeats merged, blanks removed."""
 
@@ -15,17 +27,9 @@ class CTCGreedyDecoder:
         self.eos = dictionary.eos()  # fairseq-generate strips this symbol from the printed strings
         self.drop = {blank_index, dictionary.pad(), dictionary.eos(), dictionary.bos()}
 
-    @torch.no_grad()
     def generate(self, models, sample: dict, **unused) -> list[list[dict[str, torch.Tensor]]]:
-        if len(models) != 1:
-            raise ValueError("CTC decoding takes one model, not an ensemble")
-        model = models[0]
-        net_output = model(**sample["net_input"])
-        log_probs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float()  # (B, T, V)
-        padding = net_output.get("padding_mask")
         hypotheses = []
-        for i in range(log_probs.shape[0]):
-            frames = log_probs[i] if padding is None else log_probs[i][~padding[i]]
+        for frames in utterance_log_probs(models, sample):
             best, best_ids = frames.max(-1)
             collapsed, counts = torch.unique_consecutive(best_ids, return_counts=True)
             starts = torch.cumsum(counts, 0) - counts
@@ -113,13 +117,5 @@ class CTCLexiconDecoder:
                 "positional_scores": positional,
                 "words": [self.word_dict.get_entry(word) for word in best.words if word >= 0]}
 
-    @torch.no_grad()
     def generate(self, models, sample: dict, **unused) -> list[list[dict]]:
-        if len(models) != 1:
-            raise ValueError("CTC decoding takes one model, not an ensemble")
-        model = models[0]
-        net_output = model(**sample["net_input"])
-        log_probs = model.get_normalized_probs(net_output, log_probs=True).transpose(0, 1).float()  # (B, T, V)
-        padding = net_output.get("padding_mask")
-        return [[self.decode(log_probs[i] if padding is None else log_probs[i][~padding[i]])]
-                for i in range(log_probs.shape[0])]
+        return [[self.decode(frames)] for frames in utterance_log_probs(models, sample)]
