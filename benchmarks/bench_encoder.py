@@ -3,7 +3,7 @@
     python benchmarks/bench_encoder.py --out benchmarks/results/encoder [--quick] [--png]
         [--models mamba_base_iter2 conbimamba_base_iter2 transformer_base_iter2] [--seconds 10 30 60 120 300]
         [--long-form-seconds 600] [--mamba-plain-seconds 10 60] [--threads 2] [--chunk-seconds 10]
-        [--train-seconds 10] [--budget-s 900] [--max-gb 16]
+        [--train-seconds 10] [--budget-s 900] [--max-gb 16] [--min-calls 1] [--rounds 1]
 
 Writes results.json, results.md and, with --png, encoder_rtf.png into --out.
 
@@ -24,7 +24,10 @@ builds it, 500 label classes, random weights: run time does not depend on them):
   T x T products; a training step is counted as 3x the forward. Against this machine's fp32 GEMM rate (torch.mm
   of 2048 x 2048 at the same thread count, best of 5, measured at the start and end of the run) this gives the
   time the arithmetic alone would take at GEMM speed: the compute floor.
-- Each case runs in a fresh process (run time and peak memory are its own). A case is skipped when the same
+- Each case runs in a fresh process (run time and peak memory are its own). With --rounds N the whole sweep of
+  inference cases runs N times over, and the tables, plot and summary give each case's median over the rounds
+  (the RTF table also its range): fresh processes of one case differ by ~15% on a shared 2-core VM, which a
+  single sweep cannot tell from a trend over durations. A case is skipped when the same
   model's previous duration, extrapolated (by the growth exponent of its last two durations), predicts more than
   --budget-s seconds or --max-gb GB; a case still running at 3x the budget is killed, and one that allocates more
   than --max-gb GB (an address-space limit set in the child) is reported out of memory. The 1-minute load average
@@ -260,6 +263,29 @@ def _line_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     return slope, intercept, max(abs(y - slope * x - intercept) / y for x, y in zip(xs, ys))
 
 
+def median_over_rounds(cases: list[dict]) -> list[dict]:
+    """One case per (kind, model, path, seconds): the median of each measured field over the rounds that ran it
+    (status ok), with `rounds` (how many) and `rtf_range` (min, max); a case that never ran keeps its first
+    status."""
+    groups: dict[tuple, list[dict]] = {}
+    for case in cases:
+        groups.setdefault((case["kind"], case["model"], case.get("path"), case["seconds"]), []).append(case)
+    merged = []
+    for group in groups.values():
+        ok = [c for c in group if c["status"] == "ok"]
+        if not ok:
+            merged.append({**group[0], "rounds": 0})
+            continue
+        case = {**ok[0], "rounds": len(ok)}
+        for field in ("time_s", "cpu_s", "rtf", "peak_mb", "rss_peak_mb"):
+            if ok[0].get(field) is not None:
+                case[field] = statistics.median(c[field] for c in ok)
+        if case.get("rtf") is not None:
+            case["rtf_range"] = (min(c["rtf"] for c in ok), max(c["rtf"] for c in ok))
+        merged.append(case)
+    return merged
+
+
 def summarize(cases: list[dict], models: dict[str, dict], seconds: list[float]) -> dict:
     """The acceptance numbers: RTF flatness of each Mamba model over `seconds` (max / min RTF), RTF ratios against
     the Transformer (both also by process CPU time per audio second, `cpu_rtf`, which other processes on the cores
@@ -305,6 +331,12 @@ def markdown(cases: list[dict], models: dict[str, dict], meta: dict, summary: di
             return "-"
         return _fmt(case[field]) if case["status"] == "ok" else case["status"]
 
+    def rtf_cell(case: dict | None) -> str:
+        if case is None or case["status"] != "ok" or case.get("rounds", 1) < 2:
+            return cell(case, "rtf")
+        low, high = case["rtf_range"]
+        return f"{_fmt(case['rtf'])} ({_fmt(low)}-{_fmt(high)})"
+
     header = " | ".join(f"{s:g} s" for s in seconds)
     rule = "|---|---|" + "---|" * len(seconds)
     lines = [
@@ -324,10 +356,13 @@ def markdown(cases: list[dict], models: dict[str, dict], meta: dict, summary: di
         "",
         "## Real-time factor (wall seconds per second of audio; lower is faster)",
         "",
+        (f"Median over {meta['rounds']} rounds (each a fresh process), range in brackets." if meta.get("rounds", 1) > 1
+         else "One round: each case measured in one fresh process."),
+        "",
         f"| model | path | {header} |",
         rule,
     ]
-    lines += [f"| {m} | {p} | " + " | ".join(cell(inference.get((m, p, s)), "rtf") for s in seconds) + " |"
+    lines += [f"| {m} | {p} | " + " | ".join(rtf_cell(inference.get((m, p, s))) for s in seconds) + " |"
               for m, p in rows]
     lines += ["", "## Process CPU time per second of audio (all threads; at most threads x RTF, less when waiting)", "",
               f"| model | path | {header} |", rule]
@@ -443,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                         "2-thread runs up to 6x slower while other processes used the cores")
     parser.add_argument("--min-calls", type=int, default=1, help="time every inference case at least this many "
                         "times and keep the fastest (short cases get up to 3 anyway)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the inference sweep this many times, each case "
+                        "in a fresh process every round, and report medians over the rounds")
     parser.add_argument("--chunk-seconds", type=float, default=10.0, help="extract_features_long chunk")
     parser.add_argument("--train-seconds", type=float, help="utterance length of the training step (default 10)")
     parser.add_argument("--budget-s", type=float, default=900.0, help="time budget of one case")
@@ -481,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/bench_encoder.py"] + (sys.argv[1:] if argv is None else argv)),
         "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
         "chunk_seconds": args.chunk_seconds, "train_seconds": train_seconds, "budget_s": args.budget_s,
-        "max_gb": args.max_gb, "omp_wait_policy": args.omp_wait_policy, "loadavg_start": os.getloadavg(),
+        "max_gb": args.max_gb, "omp_wait_policy": args.omp_wait_policy, "rounds": args.rounds,
+        "loadavg_start": os.getloadavg(),
     }
     gemm_case = {"kind": "gemm", "threads": args.threads, "omp_wait_policy": args.omp_wait_policy}
     meta["gemm_gflops_start"] = measure_in_child(gemm_case, args.budget_s)["gflops"]
@@ -515,12 +553,14 @@ def main(argv: list[str] | None = None) -> int:
             plan[name, "plain"] = plain_seconds
         else:
             plan[name, "plain"] = seconds
-    earlier: dict[tuple[str, str], list[dict]] = {key: [] for key in plan}
-    for duration in sorted({d for durations in plan.values() for d in durations}):
-        for (name, path), durations in plan.items():
-            if duration in durations:
-                case = {"kind": "inference", "model": name, "path": path, "seconds": float(duration), **common}
-                earlier[name, path].append(run(case, earlier[name, path]))
+    for round_index in range(args.rounds):
+        earlier: dict[tuple[str, str], list[dict]] = {key: [] for key in plan}
+        for duration in sorted({d for durations in plan.values() for d in durations}):
+            for (name, path), durations in plan.items():
+                if duration in durations:
+                    case = {"kind": "inference", "model": name, "path": path, "seconds": float(duration),
+                            "round": round_index, **common}
+                    earlier[name, path].append(run(case, earlier[name, path]))
     for name in args.models:
         run({"kind": "train", "model": name, "seconds": train_seconds, **common}, None)
 
@@ -533,9 +573,10 @@ def main(argv: list[str] | None = None) -> int:
 def write_reports(out: Path, meta: dict, models: dict, cases: list[dict], seconds: list[float], png: bool) -> None:
     """results.json, results.md and (with `png`) encoder_rtf.png in `out`; `seconds`: the durations that the
     flatness summary spans."""
-    summary = summarize(cases, models, seconds)
+    medians = median_over_rounds(cases)
+    summary = summarize(medians, models, seconds)
     write_results(out, {"meta": meta, "summary": summary, "models": models, "cases": cases},
-                  markdown(cases, models, meta, summary), (lambda path: plot(cases, path)) if png else None,
+                  markdown(medians, models, meta, summary), (lambda path: plot(medians, path)) if png else None,
                   "encoder_rtf.png")
 
 
