@@ -34,6 +34,10 @@ MODELS = {
     "Transformer HuBERT": ("tiny_transformer", True),
     "Mamba-HuBERT (ExtBiMamba)": ("tiny_ext_bimamba", False),
 }
+# Lexicon + LM decoding: chosen on the valid split of a development run (grid 0.5-8 x -1-6): with letter error
+# rates near 50% the acoustic scores need a strong LM and little insertion bonus.
+LM_WEIGHT = 4.0
+WORD_SCORE = 1.0
 _JSON_LOG = re.compile(r"\[(train_inner|train|valid)\]\[INFO\] - (\{.*\})")
 
 
@@ -138,10 +142,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     timed(times, "corpus", make_corpus)
     timed(times, "MFCC + k-means labels", make_labels)
     lm = timed(times, "3-gram LM (IRSTLM)", build_arpa, corpus / "lm.txt", corpus / "lm.arpa")
-    # LM weight and word score chosen on the valid split of a development run (grid 0.5-8 x -1-6): with letter
-    # error rates near 50% the acoustic scores need a strong LM and little insertion bonus.
-    lm_decoding = ["--ctc-lexicon", str(corpus / "lexicon.txt"), "--ctc-lm", str(lm), "--ctc-lm-weight", "4",
-                   "--ctc-word-score", "1"]
+    lm_decoding = ["--ctc-lexicon", str(corpus / "lexicon.txt"), "--ctc-lm", str(lm), "--ctc-lm-weight",
+                   f"{LM_WEIGHT:g}", "--ctc-word-score", f"{WORD_SCORE:g}"]
 
     def train_model(title: str, config: str, finetuned: bool) -> dict:
         """One model's chain: pretrain, then (if asked) fine-tune and decode; one thread, beside another chain."""
@@ -220,9 +222,9 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
          "`fairseq-generate --scoring wer`: greedy, and a lexicon + 3-gram LM beam search (flashlight-text; "
          f"the LM estimated by IRSTLM on {corpus['lm']['sentences']} sentences of the text pool's training share, "
          f"never a valid or test sentence; {corpus['lm']['lexicon_words']} lexicon words, "
-         f"{corpus['lm']['test_oov_percent']}% of test words outside it; LM weight 4, word score 1). Letter error: "
-         "the best valid-split "
-         "letter error rate fairseq logged during fine-tuning."), "",
+         f"{corpus['lm']['test_oov_percent']}% of test words outside it; LM weight {LM_WEIGHT:g}, word score "
+         f"{WORD_SCORE:g}). Letter error: the best valid-split letter error rate fairseq logged during fine-tuning."),
+        "",
         "| model | config | parameters | test WER (greedy) | test WER (lexicon + LM) | valid letter error |",
         "|---|---|---|---|---|---|",
     ]

@@ -1,3 +1,8 @@
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 from fairseq.data import Dictionary
@@ -7,6 +12,17 @@ from mamba_hubert.models import MambaHubertConfig, MambaHubertModel
 from mamba_hubert.modules.encoder import LAYER_TYPES
 
 TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module, imported as when run as a script (its folder's machine.py importable)."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(layer_type: str, **overrides) -> MambaHubertConfig:

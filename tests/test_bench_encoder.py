@@ -1,21 +1,13 @@
 """The encoder benchmark's aggregation over rounds (pure bookkeeping: no model is timed here)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))  # as when run as a script: benchmarks/machine.py importable
-    spec = importlib.util.spec_from_file_location("bench_encoder", folder / "bench_encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_encoder")
 
 
 def _case(seconds: float, rtf: float | None, round_index: int, status: str = "ok") -> dict:

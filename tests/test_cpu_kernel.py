@@ -1,16 +1,14 @@
 """The fused C++ CPU selective scan: values and gradients of every input against a sequential loop written here."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mamba_hubert.ops import cpu_kernel
+from tests.conftest import load_benchmark
 
 pytestmark = pytest.mark.skipif(not cpu_kernel.is_available(), reason=f"{cpu_kernel.unavailable_reason()}")
 
@@ -199,18 +197,8 @@ def test_rejects_unsupported_shapes():
         cpu_kernel.selective_scan_cpu(core[0], core[1], core[2][:1], core[3], core[4])
 
 
-def _bench_module():
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))  # as when run as a script: its folder's benchmarks/machine.py importable
-    spec = importlib.util.spec_from_file_location("bench_scan", folder / "bench_scan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_matches_mamba_ssm_selective_scan_ref():
-    reference = _bench_module().load_mamba_ssm_reference()
+    reference = load_benchmark("bench_scan").load_mamba_ssm_reference()
     if reference is None:
         pytest.skip("mamba-ssm is not installed")
     inputs = make_inputs(2, 3, 16, 90, seed=13)
@@ -225,7 +213,7 @@ def test_matches_mamba_ssm_selective_scan_ref():
 
 def test_benchmark_cli_writes_results(tmp_path):
     """The benchmark's own plumbing (one fresh process per case, table, JSON) on a tiny setting."""
-    bench = _bench_module()
+    bench = load_benchmark("bench_scan")
     argv = ["--out", str(tmp_path), "--impls", "ours", "mambapy", "--lengths", "16", "40", "--d-states", "4",
             "--d-inner", "8", "--modes", "forward_backward", "--threads", "1"]
     assert bench.main(argv) == 0
