@@ -186,8 +186,21 @@ def _conbimamba_long(layer: ConBiMambaEncoderLayer, x: torch.Tensor, chunk: int)
     return per_frames(lambda c: layer.final_layer_norm(c + 0.5 * layer.ffn2(layer.ffn2_layer_norm(c))), chunk, x)
 
 
+def _causal_layer_in_place(layer: MambaEncoderLayer, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """A causal Mamba layer in one pass over the chunks, each overwritten with its output: the layer allocates
+    one chunk's working set and no whole-sequence tensors."""
+    state = MambaState.zeros(layer.mixer, x.shape[0])
+    for start in range(0, x.shape[1], chunk):
+        piece = x[:, start : start + chunk]
+        mixed, state = mamba_chunk(layer.mixer, mixer_input(layer, piece), state)
+        piece.copy_(after_mixer(layer, piece, mixed))
+    return x
+
+
 def layer_long(layer: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """One encoder layer (eval mode) on a whole unpadded sequence (b, T, d) -> (b, T, d)."""
+    """One encoder layer (eval mode) on a whole unpadded sequence (b, T, d) -> (b, T, d); may overwrite x."""
+    if isinstance(layer, MambaEncoderLayer) and type(layer.mixer) is Mamba:
+        return _causal_layer_in_place(layer, x, chunk)
     if isinstance(layer, MambaEncoderLayer):
         mixed = mixer_long(layer.mixer, mixer_input(layer, x), chunk)
         return per_frames(partial(after_mixer, layer), chunk, x, mixed)
