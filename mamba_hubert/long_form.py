@@ -14,7 +14,8 @@ rounding aside) with peak memory O(T x d_model) plus one chunk's working set:
   of frames. Every Mamba scan direction runs over the chunks with its conv tail and SSM state carried
   (`streaming.mamba_chunk`), which is exact for causal layers; a bidirectional mixer (ext/inn bimamba,
   conbimamba, transbimamba) takes a second pass, back to front over time-reversed chunks, for its backward
-  direction - also exact, since that direction is a causal scan of the reversed sequence.
+  direction - also exact, since that direction is a causal scan of the reversed sequence. A causal layer
+  (`layer_type=mamba`) runs whole chunk by chunk, written back over its input: no whole-sequence temporaries.
 - Non-causal convolutions (the positional conv, the conformer module's depthwise conv) run over the whole
   sequence at once: O(T x d). Attention layers (`layer_type=transformer`) also run whole: exact, but O(T^2).
 """
