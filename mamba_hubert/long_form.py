@@ -31,7 +31,14 @@ from mamba_hubert.frames import conv_output_length, receptive_field
 from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
 from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, ConvolutionModule, MambaEncoderLayer
 from mamba_hubert.modules.mamba import Mamba
-from mamba_hubert.streaming import MambaState, after_mixer, mamba_chunk, mixer_input, scan_branch_chunk
+from mamba_hubert.streaming import (
+    MambaState,
+    after_mixer,
+    causal_layer_chunk,
+    mamba_chunk,
+    mixer_input,
+    scan_branch_chunk,
+)
 
 GroupStats = tuple[torch.Tensor, torch.Tensor]  # per-group mean and variance, float64
 
@@ -157,7 +164,8 @@ def _inn_bimamba_long(block: InnBiMamba, x: torch.Tensor, chunk: int) -> torch.T
 
 
 def mixer_long(mixer: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Any Mamba mixer of this package on a whole sequence (b, T, d), with one chunk's working set."""
+    """A bidirectional Mamba mixer of this package on a whole sequence (b, T, d), with one chunk's working set
+    (causal layers run whole in `_causal_layer_in_place`)."""
     if isinstance(mixer, InnBiMamba):  # before Mamba: it subclasses it
         return _inn_bimamba_long(mixer, x, chunk)
     if isinstance(mixer, ExtBiMamba):
@@ -166,9 +174,7 @@ def mixer_long(mixer: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
         if mixer.fuse is None:
             return forward + backward
         return per_frames(lambda f, b: mixer.fuse(torch.cat([f, b], dim=-1)), chunk, forward, backward)
-    if isinstance(mixer, Mamba):
-        return mamba_over_chunks(mixer, x, chunk)
-    raise TypeError(f"not a Mamba mixer: {type(mixer).__name__}")
+    raise TypeError(f"not a bidirectional Mamba mixer: {type(mixer).__name__}")
 
 
 def _conv_module_long(module: ConvolutionModule, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -193,8 +199,8 @@ def _causal_layer_in_place(layer: MambaEncoderLayer, x: torch.Tensor, chunk: int
     state = MambaState.zeros(layer.mixer, x.shape[0])
     for start in range(0, x.shape[1], chunk):
         piece = x[:, start : start + chunk]
-        mixed, state = mamba_chunk(layer.mixer, mixer_input(layer, piece), state)
-        piece.copy_(after_mixer(layer, piece, mixed))
+        out, state = causal_layer_chunk(layer, piece, state)
+        piece.copy_(out)
     return x
 
 

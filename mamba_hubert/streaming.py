@@ -155,6 +155,13 @@ def after_mixer(layer: MambaEncoderLayer, x: torch.Tensor, mixed: torch.Tensor) 
     return x if layer.ffn is None else layer.final_layer_norm(x + layer.ffn(x))
 
 
+def causal_layer_chunk(layer: MambaEncoderLayer, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+    """A causal `MambaEncoderLayer` (eval mode) on the next chunk (b, t, d) of a sequence, its scan state carried:
+    the chunks' outputs, concatenated, are the layer's output on the whole sequence."""
+    mixed, state = mamba_chunk(layer.mixer, mixer_input(layer, x), state)
+    return after_mixer(layer, x, mixed), state
+
+
 def has_group_norm(module: nn.Module) -> bool:
     """Whether a feature extractor normalises over time (fairseq's `extractor_mode=default`)."""
     return any(isinstance(m, nn.GroupNorm) for m in module.modules())
@@ -254,8 +261,7 @@ class StreamingEncoder:
         if not encoder.layer_norm_first:
             x = encoder.layer_norm(x)
         for index, layer in enumerate(self.layers):
-            mixed, self._states[index] = mamba_chunk(layer.mixer, mixer_input(layer, x), self._states[index])
-            x = after_mixer(layer, x, mixed)
+            x, self._states[index] = causal_layer_chunk(layer, x, self._states[index])
         if encoder.layer_norm_first and self.output_layer is None:
             x = encoder.layer_norm(x)
         return x
