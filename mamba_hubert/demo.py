@@ -264,8 +264,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--minutes", type=float, default=60.0, help="corpus size (all splits)")
     # sized so that the whole demo takes under 30 minutes on 2 cores
-    parser.add_argument("--pretrain-updates", type=int, default=500)
-    parser.add_argument("--finetune-updates", type=int, default=2500)
+    parser.add_argument("--pretrain-updates", type=int, default=1000)
+    parser.add_argument("--finetune-updates", type=int, default=2000)
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)

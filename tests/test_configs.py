@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR
 
 
-@pytest.mark.parametrize("name,lr", [("tiny_transformer", 0.001), ("tiny_conbimamba", 0.005), ("tiny_mamba", 0.005),
-                                     ("tiny_ext_bimamba", 0.005), ("tiny_inn_bimamba", 0.005),
+@pytest.mark.parametrize("name,lr", [("tiny_transformer", 0.001), ("tiny_conbimamba", 0.003), ("tiny_mamba", 0.005),
+                                     ("tiny_ext_bimamba", 0.003), ("tiny_inn_bimamba", 0.005),
                                      ("tiny_transbimamba", 0.005)])
 def test_tiny_configs_keep_their_own_learning_rate_and_layer_type(name, lr):
     with initialize_config_dir(config_dir=os.path.abspath(DEFAULT_CONFIG_DIR), version_base=None):
