@@ -196,7 +196,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
                            if "checkpoint" in chain})
 
     mi_args = ["--data", str(corpus), "--subset", "test", "--out", str(out / "mi"), "--max-utterances", "40",
-               "--max-frames", "2500", "--mine-iterations", "1500"]  # sized to keep the demo within 30 minutes
+               "--max-frames", "2500", "--mine-iterations", "1500",  # sized to keep the demo within 30 minutes
+               "--jobs", "2"]
     for name, checkpoint in mi_checkpoints.items():
         mi_args += ["--checkpoint", str(checkpoint), "--name", name]
     timed(times, "mutual information", mi_cli, mi_args)

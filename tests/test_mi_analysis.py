@@ -78,5 +78,29 @@ def test_cli_writes_json_and_plots(trained, tmp_path):
     assert len(models[0].encoder.layers) == len(rows)
 
 
+def test_cli_jobs_give_each_name_its_checkpoints_result(trained, tmp_path):
+    """--jobs 2: one worker process per checkpoint, one thread each; results keep the order of the names."""
+    corpus, checkpoint, _ = trained
+    other = tmp_path / "other.pt"  # a second model: the same checkpoint with its first encoder layer zeroed
+    state = torch.load(checkpoint, weights_only=False)
+    for key in state["model"]:
+        if key.startswith("encoder.layers.0."):
+            state["model"][key].zero_()
+    torch.save(state, other)
+    common = ["--data", str(corpus), "--subset", "valid", "--labels", "none", "--mine-iterations", "50",
+              "--seeds", "0", "--max-utterances", "2"]
+    mi_cli(["--checkpoint", str(checkpoint), "--checkpoint", str(other), "--name", "a", "--name", "b", "--jobs",
+            "2", "--out", str(tmp_path / "parallel"), *common])
+    for name, path in (("a", checkpoint), ("b", other)):
+        mi_cli(["--checkpoint", str(path), "--name", name, "--out", str(tmp_path / name), *common])
+    parallel = json.loads((tmp_path / "parallel" / "mi.json").read_text())["layers"]
+    for name in ("a", "b"):
+        alone = json.loads((tmp_path / name / "mi.json").read_text())["layers"][name]
+        assert [r["mi_xt"]["mean"] for r in parallel[name]] == pytest.approx(
+            [r["mi_xt"]["mean"] for r in alone], abs=1e-3)
+    assert [r["mi_xt"]["mean"] for r in parallel["a"]] != pytest.approx(
+        [r["mi_xt"]["mean"] for r in parallel["b"]], abs=1e-3)
+
+
 def _frame_counts(manifest):
     return [conv_output_length(int(line.split("\t")[1])) for line in manifest.read_text().splitlines()[1:]]
