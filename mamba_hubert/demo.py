@@ -11,7 +11,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import matplotlib
@@ -19,13 +19,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from mamba_hubert.analysis.cli import main as mi_cli
+from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
 from mamba_hubert.data.corpus import build_corpus
 from mamba_hubert.data.kmeans import run_kmeans
 from mamba_hubert.data.mfcc import dump_mfcc
 from mamba_hubert.data.ngram_lm import build_arpa
 from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters
-from mamba_hubert.pipeline import generate_wer, hydra_train
+from mamba_hubert.pipeline import generate_wer, hydra_train, run_console_script
 
 SPLITS = ("train", "valid", "test")
 # title -> (pretraining config, fine-tuned and decoded?)
@@ -177,13 +177,35 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
                           valid_uer=min(float(row["valid_uer"]) for row in curves["valid"]))
         return result
 
-    # Two chains at a time, one thread each: on 2 cores ~1.4x faster than one chain on 2 threads, while a third
+    mi_args = ["--data", str(corpus), "--subset", "test", "--max-utterances", "40", "--max-frames", "2500",
+               "--mine-iterations", "1500"]  # sized to keep the demo within 30 minutes
+
+    def analyse(name: str, checkpoint: Path, part: str) -> dict:
+        """One checkpoint's layer-wise MI: `mamba-hubert-mi` on one thread, into mi/parts/<part>."""
+        part_dir = out / "mi" / "parts" / part
+        timed(times, f"mutual information: {name}", run_console_script, [
+            "mamba-hubert-mi", "--checkpoint", str(checkpoint), "--name", name, "--out", str(part_dir), *mi_args,
+        ], part_dir / "mi.log", None, 1)
+        return json.loads((part_dir / "mi.json").read_text())
+
+    # Two jobs at a time, one thread each: on 2 cores ~1.4x faster than one job on 2 threads, while a third
     # process halves the throughput (300 pretraining updates: 175-203 s each for two, 514-583 s each for three).
+    # A model's MI starts as soon as its chain ends, on the core the chain freed, after the training still queued.
     start = time.time()
+    chains = {}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {title: pool.submit(train_model, title, *spec) for title, spec in MODELS.items()}
-        chains = {title: future.result() for title, future in futures.items()}
-    times["models (chains side by side)"] = time.time() - start
+        futures = {pool.submit(train_model, title, *spec): title for title, spec in MODELS.items()}
+        mi_futures = {}
+        for future in as_completed(futures):
+            title = futures[future]
+            chains[title] = chain = future.result()
+            mi_futures[title] = pool.submit(analyse, title, chain["pretrained"], chain["config"])
+            if "checkpoint" in chain:
+                mi_futures[f"{title} + CTC"] = pool.submit(
+                    analyse, f"{title} + CTC", chain["checkpoint"], f"{chain['config']}_ctc")
+        mi_parts = {name: future.result() for name, future in mi_futures.items()}
+    times["models and MI (side by side)"] = time.time() - start
+    chains = {title: chains[title] for title in MODELS}
     results = {title: {k: chain[k] for k in ("config", "params", "test_wer", "test_wer_lm", "valid_uer") if k in chain}
                for title, chain in chains.items()}
     for title, chain in chains.items():
@@ -191,17 +213,12 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
             results[title]["checkpoint"] = str(chain["checkpoint"])
     pretrain_curves = {title: chain["pretrain_curves"] for title, chain in chains.items()}
     finetune_curves = {title: chain["finetune_curves"] for title, chain in chains.items() if "finetune_curves" in chain}
-    mi_checkpoints = {title: chain["pretrained"] for title, chain in chains.items()}
-    mi_checkpoints.update({f"{title} + CTC": chain["checkpoint"] for title, chain in chains.items()
-                           if "checkpoint" in chain})
-
-    mi_args = ["--data", str(corpus), "--subset", "test", "--out", str(out / "mi"), "--max-utterances", "40",
-               "--max-frames", "2500", "--mine-iterations", "1500",  # sized to keep the demo within 30 minutes
-               "--jobs", "2"]
-    for name, checkpoint in mi_checkpoints.items():
-        mi_args += ["--checkpoint", str(checkpoint), "--name", name]
-    timed(times, "mutual information", mi_cli, mi_args)
-    mi = json.loads((out / "mi" / "mi.json").read_text())
+    mi_order = [*MODELS, *(f"{title} + CTC" for title, chain in chains.items() if "checkpoint" in chain)]
+    first = mi_parts[mi_order[0]]
+    mi = {"subset": first["subset"], "utterances": first["utterances"], "seeds": first["seeds"],
+          "checkpoints": {name: mi_parts[name]["checkpoints"][name] for name in mi_order},
+          "layers": {name: mi_parts[name]["layers"][name] for name in mi_order}}
+    write_mi_outputs(out / "mi", mi)
 
     plot_curves(pretrain_curves, "loss", "train_inner", "pretraining loss (train)", out / "pretrain_loss.png")
     plot_curves(finetune_curves, "loss", "train_inner", "CTC loss (train)", out / "finetune_loss.png")
@@ -254,7 +271,7 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
         lines.append(f"| {name} | {xt} | {ty} | {mi_pattern(rows)} |")
     lines += ["", *mi_verdict(mi["layers"]), "", "## Wall times (2 CPU cores)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
-    lines.append(f"| total (wall clock; model stages ran side by side) | {total_seconds:.0f} |")
+    lines.append(f"| total (wall clock; model and MI stages ran side by side) | {total_seconds:.0f} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

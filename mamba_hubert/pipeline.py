@@ -1,4 +1,5 @@
-"""Runs fairseq's own command-line tools (training, decoding) as subprocesses, with their logs kept."""
+"""Runs fairseq's own command-line tools (training, decoding), and this package's, as subprocesses, with their logs
+kept."""
 
 import os
 import re
@@ -13,10 +14,10 @@ PROGRESS_MARKERS = ("[train_inner]", "[train]", "[valid]", "done training", "WER
 _WER = re.compile(r"WER: ([0-9.]+)")
 
 
-def run_fairseq(args: list[str], log_path: Path, echo: Callable[[str], None] | None = None,
+def run_console_script(args: list[str], log_path: Path, echo: Callable[[str], None] | None = None,
                 threads: int | None = None) -> str:
-    """Runs one fairseq console script of this interpreter's environment; writes its whole output to
-    `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails. It runs in
+    """Runs one console script of this interpreter's environment (fairseq's or this package's); writes its whole
+    output to `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails. It runs in
     `log_path`'s folder, where hydra leaves its own files. `threads` caps its intra-op threads (two runs side
     by side with one thread each beat one run with two on small models)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -45,7 +46,7 @@ def hydra_train(config: str, overrides: list[str], log_path: Path, echo: Callabl
     group, name = config.split("/")
     args = ["fairseq-hydra-train", "--config-dir", str(CONFIG_ROOT / group), "--config-name", name,
             f"common.user_dir={PLUGIN_DIR}", *overrides]
-    return run_fairseq(args, log_path, echo, threads)
+    return run_console_script(args, log_path, echo, threads)
 
 
 def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str, log_path: Path,
@@ -53,7 +54,7 @@ def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str,
                  decoder_args: Sequence[str] = ()) -> float:
     """Decodes `subset` with `fairseq-generate --scoring wer` and returns the WER it prints: greedy CTC, or
     what `decoder_args` choose (e.g. `--ctc-lexicon L --ctc-lm LM`)."""
-    output = run_fairseq(
+    output = run_console_script(
         ["fairseq-generate", str(data_dir), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
          "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(label_dir),
          "--path", str(checkpoint), "--gen-subset", subset, "--scoring", "wer", "--post-process", "letter",

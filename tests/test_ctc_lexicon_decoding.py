@@ -13,7 +13,7 @@ import torch
 from fairseq.data import Dictionary
 
 from mamba_hubert.data.ngram_lm import TLM_PATHS, build_arpa
-from mamba_hubert.pipeline import PLUGIN_DIR, hydra_train, run_fairseq
+from mamba_hubert.pipeline import PLUGIN_DIR, hydra_train, run_console_script
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.tasks.mamba_hubert_pretraining import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
 from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
@@ -142,7 +142,7 @@ def test_fairseq_generate_decodes_with_lexicon_and_lm(tmp_path, monkeypatch):
     words = {letter * 2: letter * 2 for letter in "ABCDE"}  # the tone corpus's transcripts: "A A |" is the word AA
     lexicon = write_lexicon(words, tmp_path / "lexicon.txt")
     lm = write_lm(["AA BB", "CC DD EE", "AA"], tmp_path / "lm.arpa")
-    output = run_fairseq(
+    output = run_console_script(
         ["fairseq-generate", str(corpus), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
          "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(corpus),
          "--path", str(tmp_path / "ft" / "checkpoint_last.pt"), "--gen-subset", "valid", "--scoring", "wer",

@@ -85,15 +85,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         analysed = [analyse_checkpoint(*job) for job in jobs]
     results = dict(zip(names, analysed))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mi.json").write_text(json.dumps({
-        "subset": args.subset, "utterances": len(waves), "seeds": args.seeds,
-        "checkpoints": dict(zip(names, args.checkpoint)), "layers": results}, indent=2) + "\n")
-    plot_mi_curves(results, args.out / "mi_xt.png")
-    if label is not None:
-        plot_mi_curves(results, args.out / "mi_ty.png", key="mi_ty", ylabel="I(T_i; Y) [nats], phone probe bound")
-        plot_information_plane(results, args.out / "information_plane.png")
+    write_outputs(args.out, {"subset": args.subset, "utterances": len(waves), "seeds": args.seeds,
+                             "checkpoints": dict(zip(names, args.checkpoint)), "layers": results})
     print(f"[mi] wrote {args.out}/mi.json and plots", file=sys.stderr)
+
+
+def write_outputs(out: Path, record: dict) -> None:
+    """`mi.json` (subset, utterances, seeds, checkpoints and, per name, its layers' rows) and the plots."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mi.json").write_text(json.dumps(record, indent=2) + "\n")
+    results = record["layers"]
+    plot_mi_curves(results, out / "mi_xt.png")
+    if any("mi_ty" in row for rows in results.values() for row in rows):
+        plot_mi_curves(results, out / "mi_ty.png", key="mi_ty", ylabel="I(T_i; Y) [nats], phone probe bound")
+        plot_information_plane(results, out / "information_plane.png")
 
 
 if __name__ == "__main__":
