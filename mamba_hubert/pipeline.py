@@ -15,7 +15,7 @@ _WER = re.compile(r"WER: ([0-9.]+)")
 
 
 def run_console_script(args: list[str], log_path: Path, echo: Callable[[str], None] | None = None,
-                threads: int | None = None) -> str:
+                       threads: int | None = None) -> str:
     """Runs one console script of this interpreter's environment (fairseq's or this package's); writes its whole
     output to `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails. It runs in
     `log_path`'s folder, where hydra leaves its own files. `threads` caps its intra-op threads (two runs side
