@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from fairseq.data.data_utils import compute_mask_indices
 from fairseq.data.dictionary import Dictionary
 from fairseq.dataclass import ChoiceEnum
@@ -111,6 +112,30 @@ class MambaHubertModel(HubertModel):
         num_frames = conv_output_lengths(num_samples, self.conv_layers)
         positions = torch.arange(features.size(1), device=padding_mask.device)
         return positions.unsqueeze(0) >= num_frames.unsqueeze(1)
+
+    def compute_nce(self, x: torch.Tensor, pos: torch.Tensor, negs: torch.Tensor) -> torch.Tensor:
+        """HubertModel's logits (cosine similarity to the positive, then to every class, -inf where a class
+        embedding equals the positive; over the temperature) with one matmul: fairseq's expands x against all C
+        classes into [C + 1, S, D] tensors, which was half of a tiny model's pretraining update at 100 clusters."""
+        classes = self._label_embeddings_behind(negs)
+        if classes is None:  # negatives that are not a label set's embeddings as they stand (target_glu)
+            return super().compute_nce(x, pos, negs)
+        unit_x = F.normalize(x.float(), dim=-1, eps=1e-8)
+        positive = (unit_x * F.normalize(pos.float(), dim=-1, eps=1e-8)).sum(-1, keepdim=True)
+        negatives = unit_x @ F.normalize(classes.float(), dim=-1, eps=1e-8).T
+        # Exact vector equality, as fairseq tests it: an L1 distance of 0 (cdist never builds [S, C, D])
+        is_pos = torch.cdist(pos.float(), classes.float(), p=1) == 0
+        logits = torch.cat([positive, negatives.masked_fill(is_pos, float("-inf"))], dim=1)
+        return (logits / self.logit_temp).type_as(x)
+
+    def _label_embeddings_behind(self, negs: torch.Tensor) -> torch.Tensor | None:
+        """The label set's embeddings [C, D] that `negs` [C, S, D] expands, if it is such a view. Used in its place,
+        so that no gradient is built for the expanded view (that alone would fill a zero [C, S, D] tensor)."""
+        for classes in self.label_embs_concat.split(self.num_classes, 0):
+            if (negs.dim() == 3 and negs.data_ptr() == classes.data_ptr() and negs.stride(1) == 0
+                    and negs.shape[::2] == classes.shape and negs.stride()[::2] == classes.stride()):
+                return classes
+        return None
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)

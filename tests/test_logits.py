@@ -1,0 +1,64 @@
+"""MambaHubertModel.compute_nce (one matmul) against fairseq's HubertModel.compute_nce, which it replaces."""
+
+import pytest
+import torch
+from fairseq.data import Dictionary
+from fairseq.models.hubert.hubert import HubertModel
+from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
+
+from mamba_hubert.models import MambaHubertModel
+from tests.conftest import tiny_config
+
+
+def _model(label_set_sizes: list[int]) -> MambaHubertModel:
+    torch.manual_seed(0)
+    dictionaries = []
+    for size in label_set_sizes:
+        dictionary = Dictionary()
+        for i in range(size):
+            dictionary.add_symbol(str(i))
+        dictionaries.append(dictionary)
+    return MambaHubertModel(tiny_config("mamba"), HubertPretrainingConfig(data="unused", label_rate=50), dictionaries)
+
+
+def _logits_and_grads(model: MambaHubertModel, compute_nce, label_set: int, x: torch.Tensor, targets: torch.Tensor):
+    """As HubertModel.forward's compute_pred calls compute_nce: positives gathered, negatives an expanded view."""
+    model.zero_grad()
+    x = x.clone().requires_grad_(True)
+    label_embs = model.label_embs_concat.split(model.num_classes, 0)[label_set]
+    negs = label_embs.unsqueeze(1).expand(-1, x.size(0), -1)
+    logits = compute_nce(model, x, torch.index_select(label_embs, 0, targets), negs)
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+    (logits.masked_fill(torch.isinf(logits), 0) * weights).sum().backward()
+    return logits.detach(), x.grad, model.label_embs_concat.grad.clone()
+
+
+@pytest.mark.parametrize("label_set", [0, 1])
+def test_logits_and_gradients_equal_fairseqs(label_set):
+    model = _model([100, 20])  # two label sets: the negatives must be the right set's embeddings
+    with torch.no_grad():  # a class sharing another's embedding is masked like the positive's own, as in fairseq
+        model.label_embs_concat[model.num_classes[0] * label_set + 7] = model.label_embs_concat[
+            model.num_classes[0] * label_set + 5]
+    x = torch.randn(300, model.label_embs_concat.size(1))
+    targets = torch.randint(0, 20, (300,))
+    negs = model.label_embs_concat.split(model.num_classes, 0)[label_set].unsqueeze(1).expand(-1, 300, -1)
+    assert model._label_embeddings_behind(negs) is not None  # the matmul path is the one under test
+
+    ours = _logits_and_grads(model, MambaHubertModel.compute_nce, label_set, x, targets)
+    fairseqs = _logits_and_grads(model, HubertModel.compute_nce, label_set, x, targets)
+    assert torch.equal(torch.isinf(ours[0]), torch.isinf(fairseqs[0]))
+    assert torch.isinf(ours[0][targets == 5, 1 + 7]).all() and torch.isinf(ours[0][targets == 7, 1 + 5]).all()
+    assert torch.isinf(ours[0][:, 1:]).sum(1).ge(1).all()  # every row's own class is out of its negatives
+    finite = torch.isfinite(fairseqs[0])
+    torch.testing.assert_close(ours[0][finite], fairseqs[0][finite], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours[1], fairseqs[1], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours[2], fairseqs[2], atol=1e-4, rtol=1e-5)
+
+
+def test_negatives_that_are_not_a_label_sets_view_go_to_fairseq():
+    model = _model([10])
+    embs = model.label_embs_concat
+    negs = embs.unsqueeze(1).expand(-1, 4, -1)
+    assert model._label_embeddings_behind(negs) is not None
+    assert model._label_embeddings_behind(negs.clone()) is None  # e.g. target_glu's output
+    assert model._label_embeddings_behind(embs[1:].unsqueeze(1).expand(-1, 4, -1)) is None
