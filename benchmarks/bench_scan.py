@@ -25,14 +25,10 @@ What is measured, per (implementation, mode, d_state, L):
 """
 
 import argparse
-import gc
 import importlib
 import importlib.util
 import json
 import math
-import os
-import statistics
-import subprocess
 import sys
 import time
 import types
@@ -41,7 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import cpu_name, write_results
+from machine import cpu_name, measure_in_child, time_and_peak_memory, write_results
 
 IMPLS = ("ours", "mamba_ssm_ref", "mambapy")
 MODES = ("forward", "forward_backward")
@@ -124,14 +120,6 @@ def make_inputs(batch: int, d_inner: int, d_state: int, length: int, seed: int =
     }
 
 
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def run_case(impl: str, mode: str, batch: int, d_inner: int, d_state: int, length: int, threads: int) -> dict:
     """Times one case in this process and measures its peak memory; meant to run in a fresh process."""
     torch.set_num_threads(threads)
@@ -154,19 +142,7 @@ def run_case(impl: str, mode: str, batch: int, d_inner: int, d_state: int, lengt
 
     call(*prepared(64))  # warm-up: imports, the compiled kernel, thread pool
     inputs, grad_out = prepared(length)
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets VmHWM to the current resident set
-    base_kb = _proc_status_kb("VmRSS")
-    times: list[float] = []
-    while not times or (sum(times) < REPEAT_WALL_S and len(times) < 5):
-        start = time.perf_counter()
-        call(inputs, grad_out)
-        times.append(time.perf_counter() - start)
-        if len(times) == 1:
-            peak_mb = (_proc_status_kb("VmHWM") - base_kb) / 1024
-    timed = times[1:] if len(times) > 1 else times  # the first call also pays first-touch page faults
-    return {"status": "ok", "time_s": statistics.median(timed), "runs": len(times), "peak_mb": peak_mb}
+    return time_and_peak_memory(lambda: call(inputs, grad_out), REPEAT_WALL_S)
 
 
 def effective_length(impl: str, length: int) -> int:
@@ -187,18 +163,6 @@ def predicted_skip(impl: str, length: int, earlier: list[dict], budget_s: float,
     if last["peak_mb"] * scale > max_gb * 1024:
         return f"skipped (predicted {last['peak_mb'] * scale / 1024:.1f} GB > {max_gb:.0f} GB cap)"
     return None
-
-
-def measure_in_child(case: dict, threads: int, budget_s: float) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps({**case, "threads": threads})]
-    try:
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=budget_s * 3)
-    except subprocess.TimeoutExpired:
-        return {"status": f"skipped (> {budget_s * 3:.0f} s wall, killed)"}
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        return {"status": f"failed ({tail[:200]})"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -331,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                     case = {"impl": impl, "mode": mode, "batch": args.batch, "d_inner": args.d_inner,
                             "d_state": d_state, "length": length}
                     reason = predicted_skip(impl, length, earlier, args.budget_s, args.max_gb)
-                    outcome = {"status": reason} if reason else measure_in_child(case, args.threads, args.budget_s)
+                    child = {**case, "threads": args.threads}
+                    outcome = {"status": reason} if reason else measure_in_child(__file__, child, args.budget_s * 3)
                     result = {**case, "time_s": None, "peak_mb": None, **outcome}
                     earlier.append(result)
                     results.append(result)

@@ -1,8 +1,13 @@
 """What the benchmarks share: the machine description and how results are written."""
 
+import gc
 import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,3 +32,43 @@ def write_results(out: Path, payload: dict, markdown: str, plot: Callable[[Path]
     if plot is not None:
         plot(out / png_name)
     print(f"wrote {out}/results.json, results.md" + (f", {png_name}" if plot is not None else ""))
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def time_and_peak_memory(call: Callable[[], None], repeat_wall_s: float) -> dict:
+    """Median wall time of `call` (at least one run, up to 5 while their total stays under `repeat_wall_s`) and
+    the memory its first run touched (VmHWM over the resident set before it, Linux): meant for a fresh process,
+    after a warm-up call on small inputs."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets VmHWM to the current resident set
+    base_kb = _proc_status_kb("VmRSS")
+    times: list[float] = []
+    while not times or (sum(times) < repeat_wall_s and len(times) < 5):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+        if len(times) == 1:
+            peak_mb = (_proc_status_kb("VmHWM") - base_kb) / 1024
+    timed = times[1:] if len(times) > 1 else times  # the first call also pays first-touch page faults
+    return {"status": "ok", "time_s": statistics.median(timed), "runs": len(times), "peak_mb": peak_mb}
+
+
+def measure_in_child(script: str, case: dict, timeout_s: float) -> dict:
+    """Runs `script --child CASE_JSON` in a fresh Python process; its last stdout line is the result's JSON."""
+    command = [sys.executable, os.path.abspath(script), "--child", json.dumps(case)]
+    try:
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": f"skipped (> {timeout_s:.0f} s wall, killed)"}
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return {"status": f"failed ({tail[:200]})"}
+    return json.loads(done.stdout.strip().splitlines()[-1])

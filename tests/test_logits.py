@@ -1,4 +1,7 @@
-"""MambaHubertModel.compute_nce (one matmul) against fairseq's HubertModel.compute_nce, which it replaces."""
+"""MambaHubertModel.compute_nce (one matmul) against fairseq's HubertModel.compute_nce, which it replaces, and the
+benchmark that times the two."""
+
+import json
 
 import pytest
 import torch
@@ -7,7 +10,7 @@ from fairseq.models.hubert.hubert import HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
 from mamba_hubert.models import MambaHubertModel
-from tests.conftest import tiny_config
+from tests.conftest import load_benchmark, tiny_config
 
 
 def _model(label_set_sizes: list[int]) -> MambaHubertModel:
@@ -62,3 +65,13 @@ def test_negatives_that_are_not_a_label_sets_view_go_to_fairseq():
     assert model._label_embeddings_behind(negs) is not None
     assert model._label_embeddings_behind(negs.clone()) is None  # e.g. target_glu's output
     assert model._label_embeddings_behind(embs[1:].unsqueeze(1).expand(-1, 4, -1)) is None
+
+
+def test_benchmark_writes_both_implementations(tmp_path):
+    """benchmarks/bench_logits.py's plumbing (a fresh process per case, table, JSON) on its smallest case."""
+    bench = load_benchmark("bench_logits")
+    assert bench.main(["--out", str(tmp_path), "--cases", "tiny demo, 100 clusters", "--threads", "1"]) == 0
+    cases = json.loads((tmp_path / "results.json").read_text())["cases"]
+    assert {c["impl"]: c["status"] for c in cases} == {"fairseq": "ok", "ours": "ok"}
+    assert all(c["time_s"] > 0 and c["peak_mb"] >= 0 for c in cases)
+    assert "| tiny demo, 100 clusters | 625 | 100 | 64 |" in (tmp_path / "results.md").read_text()

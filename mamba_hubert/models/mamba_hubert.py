@@ -116,15 +116,16 @@ class MambaHubertModel(HubertModel):
     def compute_nce(self, x: torch.Tensor, pos: torch.Tensor, negs: torch.Tensor) -> torch.Tensor:
         """HubertModel's logits (cosine similarity to the positive, then to every class, -inf where a class
         embedding equals the positive; over the temperature) with one matmul: fairseq's expands x against all C
-        classes into [C + 1, S, D] tensors, which was half of a tiny model's pretraining update at 100 clusters."""
+        classes into [C + 1, S, D] tensors: 90-110x the time and 40-70x the memory (benchmarks/bench_logits.py)."""
         classes = self._label_embeddings_behind(negs)
         if classes is None:  # negatives that are not a label set's embeddings as they stand (target_glu)
             return super().compute_nce(x, pos, negs)
         unit_x = F.normalize(x.float(), dim=-1, eps=1e-8)
         positive = (unit_x * F.normalize(pos.float(), dim=-1, eps=1e-8)).sum(-1, keepdim=True)
         negatives = unit_x @ F.normalize(classes.float(), dim=-1, eps=1e-8).T
-        # Exact vector equality, as fairseq tests it: an L1 distance of 0 (cdist never builds [S, C, D])
-        is_pos = torch.cdist(pos.float(), classes.float(), p=1) == 0
+        # Exact vector equality, as fairseq tests it, without [S, C, D]: equal rows share one id in torch.unique
+        _, row_ids = torch.unique(torch.cat([classes, pos]), dim=0, return_inverse=True)
+        is_pos = row_ids[len(classes):, None] == row_ids[None, :len(classes)]
         logits = torch.cat([positive, negatives.masked_fill(is_pos, float("-inf"))], dim=1)
         return (logits / self.logit_temp).type_as(x)
 
