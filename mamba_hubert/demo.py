@@ -119,7 +119,11 @@ def mi_verdict(layers: dict[str, list[dict]]) -> list[str]:
 
 
 def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates: int, clusters: int,
-             jobs: int, seed: int) -> Path:
+             jobs: int, seed: int, pretrain_only_updates: int | None = None) -> Path:
+    """The whole chain into `out`; models that are only pretrained (for the MI comparison) take
+    `pretrain_only_updates` (default: `pretrain_updates`)."""
+    if pretrain_only_updates is None:
+        pretrain_only_updates = pretrain_updates
     out = out.resolve()
     corpus, mfcc_dir, labels = out / "corpus", out / "features" / "mfcc", out / "labels" / "iter1"
     times: dict[str, float] = {}
@@ -156,7 +160,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
         pretrained = model_dir / "pretrain" / "checkpoint_best.pt"
         text = timed(times, f"pretrain {config}", hydra_train, f"pretrain/{config}", [
             f"task.data={corpus}", f"task.label_dir={labels}", f"checkpoint.save_dir={pretrained.parent}",
-            f"optimization.max_update={pretrain_updates}", "common.log_format=json", f"common.seed={seed}",
+            f"optimization.max_update={pretrain_updates if finetuned else pretrain_only_updates}",
+            "common.log_format=json", f"common.seed={seed}",
         ], model_dir / "pretrain.log", echo, 1)
         result = {"config": config, "pretrained": pretrained, "pretrain_curves": read_metrics(text),
                   "params": count_parameters(build_from_config(DEFAULT_CONFIG_DIR, config, clusters))["total"]}
@@ -228,18 +233,24 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
         json.dumps({"models": results, "wall_seconds": times, "total_seconds": time.time() - demo_start}, indent=2)
         + "\n")
     report = write_report(out, results, mi, json.loads((corpus / "corpus.json").read_text()), times,
-                          time.time() - demo_start, pretrain_updates, finetune_updates, clusters)
+                          time.time() - demo_start, pretrain_updates, pretrain_only_updates, finetune_updates, clusters)
     log(f"report: {report}")
     return report
 
 
 def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[str, float], total_seconds: float,
-                 pretrain_updates: int, finetune_updates: int, clusters: int) -> Path:
+                 pretrain_updates: int, pretrain_only_updates: int, finetune_updates: int, clusters: int) -> Path:
     splits = ", ".join(f"{s} {v['utterances']} utterances / {v['minutes']} min" for s, v in corpus["splits"].items())
+    only = [r["config"] for r in results.values() if "test_wer" not in r]
+    if only and pretrain_only_updates != pretrain_updates:
+        pretraining = (f"{pretrain_updates} updates ({', '.join(f'`{c}`' for c in only)}, pretrained only for the MI "
+                       f"comparison: {pretrain_only_updates})")
+    else:
+        pretraining = f"{pretrain_updates} updates"
     lines = [
         "# mamba-hubert demo report", "",
         f"Corpus (synthetic TTS speech): {splits}. Test voices and sentences are held out of training.",
-        (f"Labels: k-means ({clusters} clusters) on MFCC at 100 Hz. Pretraining: {pretrain_updates} updates; "
+        (f"Labels: k-means ({clusters} clusters) on MFCC at 100 Hz. Pretraining: {pretraining}; "
          f"CTC fine-tuning (fairseq `hubert_ctc`): {finetune_updates} updates. The test split decoded with "
          "`fairseq-generate --scoring wer`: greedy, and a lexicon + 3-gram LM beam search (flashlight-text; "
          f"the LM estimated by IRSTLM on {corpus['lm']['sentences']} sentences of the text pool's training share, "
@@ -282,14 +293,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--minutes", type=float, default=60.0, help="corpus size (all splits)")
     # sized so that the whole demo takes under 30 minutes on 2 cores
-    parser.add_argument("--pretrain-updates", type=int, default=1000)
+    parser.add_argument("--pretrain-updates", type=int, default=1500)
     parser.add_argument("--finetune-updates", type=int, default=2000)
+    parser.add_argument("--pretrain-only-updates", type=int, default=1000,
+                        help="for the models only pretrained (ExtBiMamba, for the MI comparison)")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     run_demo(args.out, args.minutes, args.pretrain_updates, args.finetune_updates, args.clusters, args.jobs,
-             args.seed)
+             args.seed, args.pretrain_only_updates)
 
 
 if __name__ == "__main__":

@@ -15,3 +15,18 @@ def test_refuses_a_corpus_built_with_other_settings(tmp_path, minutes, seed):
     (corpus / "corpus.json").write_text(json.dumps({"minutes_requested": 60.0, "seed": 1, "splits": {}}))
     with pytest.raises(SystemExit, match=r"built with --minutes 60.0 --seed 1"):
         run_demo(tmp_path, minutes, pretrain_updates=1, finetune_updates=1, clusters=2, jobs=1, seed=seed)
+
+
+def test_report_states_each_models_pretraining_updates(tmp_path):
+    from mamba_hubert.demo import write_report
+
+    results = {"Mamba-HuBERT (ConBiMamba)": {"config": "tiny_conbimamba", "params": 1.6e6, "test_wer": 80.0,
+                                             "test_wer_lm": 60.0, "valid_uer": 35.0},
+               "Mamba-HuBERT (ExtBiMamba)": {"config": "tiny_ext_bimamba", "params": 1.6e6}}
+    corpus = {"splits": {"train": {"utterances": 10, "minutes": 1.0}},
+              "lm": {"sentences": 5, "lexicon_words": 9, "test_oov_percent": 1.0}}
+    mi = {"seeds": [0], "utterances": 4, "layers": {}}
+    args = (tmp_path, results, mi, corpus, {"corpus": 1.0}, 2.0)
+    report = write_report(*args, 2000, 1000, 1500, 100).read_text()
+    assert "Pretraining: 2000 updates (`tiny_ext_bimamba`, pretrained only for the MI comparison: 1000)" in report
+    assert "Pretraining: 2000 updates;" in write_report(*args, 2000, 2000, 1500, 100).read_text()

@@ -116,7 +116,7 @@ class MambaHubertModel(HubertModel):
     def compute_nce(self, x: torch.Tensor, pos: torch.Tensor, negs: torch.Tensor) -> torch.Tensor:
         """HubertModel's logits (cosine similarity to the positive, then to every class, -inf where a class
         embedding equals the positive; over the temperature) with one matmul: fairseq's expands x against all C
-        classes into [C + 1, S, D] tensors: 90-110x the time and 40-70x the memory (benchmarks/bench_logits.py)."""
+        classes into [C + 1, S, D] tensors: 20-345x the time and 50-280x the memory (benchmarks/RESULTS.md)."""
         classes = self._label_embeddings_behind(negs)
         if classes is None:  # negatives that are not a label set's embeddings as they stand (target_glu)
             return super().compute_nce(x, pos, negs)
