@@ -38,7 +38,6 @@ CASES = {  # name: (frames S, k-means clusters, final_dim D)
     "Base, iteration 1 (100 clusters)": (4375, 100, 256),
     "Base, iteration 2 (500 clusters)": (4375, 500, 256),
 }
-REPEAT_WALL_S = 10.0
 
 
 def build_model(clusters: int, final_dim: int):
@@ -72,7 +71,7 @@ def run_case(impl: str, frames: int, clusters: int, final_dim: int, threads: int
 
     call(*prepared(64))  # warm-up: libraries, thread pool
     x, targets = prepared(frames)
-    return time_and_peak_memory(lambda: call(x, targets), REPEAT_WALL_S)
+    return time_and_peak_memory(lambda: call(x, targets))
 
 
 def markdown(results: list[dict], meta: dict) -> str:

@@ -42,7 +42,7 @@ def _proc_status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def time_and_peak_memory(call: Callable[[], None], repeat_wall_s: float) -> dict:
+def time_and_peak_memory(call: Callable[[], None], repeat_wall_s: float = 10.0) -> dict:
     """Median wall time of `call` (at least one run, up to 5 while their total stays under `repeat_wall_s`) and
     the memory its first run touched (VmHWM over the resident set before it, Linux): meant for a fresh process,
     after a warm-up call on small inputs."""

@@ -119,11 +119,9 @@ def mi_verdict(layers: dict[str, list[dict]]) -> list[str]:
 
 
 def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates: int, clusters: int,
-             jobs: int, seed: int, pretrain_only_updates: int | None = None) -> Path:
+             jobs: int, seed: int, pretrain_only_updates: int) -> Path:
     """The whole chain into `out`; models that are only pretrained (for the MI comparison) take
-    `pretrain_only_updates` (default: `pretrain_updates`)."""
-    if pretrain_only_updates is None:
-        pretrain_only_updates = pretrain_updates
+    `pretrain_only_updates`."""
     out = out.resolve()
     corpus, mfcc_dir, labels = out / "corpus", out / "features" / "mfcc", out / "labels" / "iter1"
     times: dict[str, float] = {}

@@ -38,13 +38,18 @@ def tiny_config(layer_type: str, **overrides) -> MambaHubertConfig:
     return MambaHubertConfig(**fields)
 
 
-def tiny_model(layer_type: str, seed: int = 0, **overrides) -> MambaHubertModel:
+def tiny_model(layer_type: str, seed: int = 0, label_set_sizes: tuple[int, ...] = (10,),
+               **overrides) -> MambaHubertModel:
+    """`tiny_config`'s model with one label set (k-means dictionary) per entry of `label_set_sizes`."""
     torch.manual_seed(seed)
-    dictionary = Dictionary()
-    for i in range(10):
-        dictionary.add_symbol(str(i))
+    dictionaries = []
+    for size in label_set_sizes:
+        dictionary = Dictionary()
+        for i in range(size):
+            dictionary.add_symbol(str(i))
+        dictionaries.append(dictionary)
     task_cfg = HubertPretrainingConfig(data="unused", label_rate=50)
-    return MambaHubertModel(tiny_config(layer_type, **overrides), task_cfg, [dictionary])
+    return MambaHubertModel(tiny_config(layer_type, **overrides), task_cfg, dictionaries)
 
 
 @pytest.fixture(params=LAYER_TYPES)

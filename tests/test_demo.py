@@ -14,7 +14,8 @@ def test_refuses_a_corpus_built_with_other_settings(tmp_path, minutes, seed):
     (corpus / "lm.txt").write_text("in the beginning\n")
     (corpus / "corpus.json").write_text(json.dumps({"minutes_requested": 60.0, "seed": 1, "splits": {}}))
     with pytest.raises(SystemExit, match=r"built with --minutes 60.0 --seed 1"):
-        run_demo(tmp_path, minutes, pretrain_updates=1, finetune_updates=1, clusters=2, jobs=1, seed=seed)
+        run_demo(tmp_path, minutes, pretrain_updates=1, finetune_updates=1, clusters=2, jobs=1, seed=seed,
+                 pretrain_only_updates=1)
 
 
 def test_report_states_each_models_pretraining_updates(tmp_path):

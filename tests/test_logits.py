@@ -5,23 +5,10 @@ import json
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 from fairseq.models.hubert.hubert import HubertModel
-from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
 from mamba_hubert.models import MambaHubertModel
-from tests.conftest import load_benchmark, tiny_config
-
-
-def _model(label_set_sizes: list[int]) -> MambaHubertModel:
-    torch.manual_seed(0)
-    dictionaries = []
-    for size in label_set_sizes:
-        dictionary = Dictionary()
-        for i in range(size):
-            dictionary.add_symbol(str(i))
-        dictionaries.append(dictionary)
-    return MambaHubertModel(tiny_config("mamba"), HubertPretrainingConfig(data="unused", label_rate=50), dictionaries)
+from tests.conftest import load_benchmark, tiny_model
 
 
 def _logits_and_grads(model: MambaHubertModel, compute_nce, label_set: int, x: torch.Tensor, targets: torch.Tensor):
@@ -38,7 +25,7 @@ def _logits_and_grads(model: MambaHubertModel, compute_nce, label_set: int, x: t
 
 @pytest.mark.parametrize("label_set", [0, 1])
 def test_logits_and_gradients_equal_fairseqs(label_set):
-    model = _model([100, 20])  # two label sets: the negatives must be the right set's embeddings
+    model = tiny_model("mamba", label_set_sizes=(100, 20))  # two label sets: the negatives must be the right set's embeddings
     with torch.no_grad():  # a class sharing another's embedding is masked like the positive's own, as in fairseq
         model.label_embs_concat[model.num_classes[0] * label_set + 7] = model.label_embs_concat[
             model.num_classes[0] * label_set + 5]
@@ -59,7 +46,7 @@ def test_logits_and_gradients_equal_fairseqs(label_set):
 
 
 def test_negatives_that_are_not_a_label_sets_view_go_to_fairseq():
-    model = _model([10])
+    model = tiny_model("mamba")
     embs = model.label_embs_concat
     negs = embs.unsqueeze(1).expand(-1, 4, -1)
     assert model._label_embeddings_behind(negs) is not None

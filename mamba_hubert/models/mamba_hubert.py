@@ -132,9 +132,11 @@ class MambaHubertModel(HubertModel):
     def _label_embeddings_behind(self, negs: torch.Tensor) -> torch.Tensor | None:
         """The label set's embeddings [C, D] that `negs` [C, S, D] expands, if it is such a view. Used in its place,
         so that no gradient is built for the expanded view (that alone would fill a zero [C, S, D] tensor)."""
+        if negs.dim() != 3 or negs.stride(1) != 0:
+            return None
         for classes in self.label_embs_concat.split(self.num_classes, 0):
-            if (negs.dim() == 3 and negs.data_ptr() == classes.data_ptr() and negs.stride(1) == 0
-                    and negs.shape[::2] == classes.shape and negs.stride()[::2] == classes.stride()):
+            if (negs.data_ptr() == classes.data_ptr() and negs.shape[::2] == classes.shape
+                    and negs.stride()[::2] == classes.stride()):
                 return classes
         return None
 
