@@ -35,21 +35,19 @@ builds it, 500 label classes, random weights: run time does not depend on them):
 """
 
 import argparse
-import gc
 import importlib.util
 import json
 import math
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import cpu_name, write_results
+from machine import cpu_name, measure_in_child, proc_status_bytes, reset_peak_memory, write_results
 from torch import nn
 
 SAMPLE_RATE = 16000
@@ -61,26 +59,10 @@ REPEAT_WALL_S = 20.0
 SCAN_FLOPS_PER_ELEMENT = 7
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> int:
-    """Reset VmHWM to the current resident set; returns that resident set in bytes."""
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    return _status_bytes("VmRSS")
-
-
 def _cap_memory(max_gb: float) -> None:
     """Let this process map at most `max_gb` GB more than it has now: a case that needs more fails with an
     allocation error instead of pushing the machine (shared with other work) into the kernel's OOM killer."""
-    limit = _status_bytes("VmSize") + round(max_gb * 1e9)
+    limit = proc_status_bytes("VmSize") + round(max_gb * 1e9)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
@@ -143,7 +125,7 @@ def _best_time(call, min_calls: int = 1) -> tuple[float, float, int, int]:
     their total stays under REPEAT_WALL_S; other processes only ever add time, so the fastest is the least
     disturbed), the process CPU time (all threads) of that call, calls made, and the resident-set growth of the
     first call in bytes."""
-    base = _reset_peak()
+    base = reset_peak_memory()
     times: list[tuple[float, float]] = []
     growth = 0
     while len(times) < min_calls or (sum(wall for wall, _ in times) < REPEAT_WALL_S and len(times) < 3):
@@ -151,7 +133,7 @@ def _best_time(call, min_calls: int = 1) -> tuple[float, float, int, int]:
         call()
         times.append((time.perf_counter() - start, time.process_time() - cpu_start))
         if len(times) == 1:
-            growth = _status_bytes("VmHWM") - base
+            growth = proc_status_bytes("VmHWM") - base
     wall, cpu = min(times)
     return wall, cpu, len(times), growth
 
@@ -176,7 +158,7 @@ def run_inference(name: str, seconds: float, path: str, threads: int, chunk_seco
     time_s, cpu_s, calls, growth = _best_time(lambda: infer(audio), min_calls)
     return {"status": "ok", "time_s": time_s, "cpu_s": cpu_s, "rtf": time_s / seconds, "calls": calls,
             "peak_mb": growth / 1e6,
-            "rss_peak_mb": _status_bytes("VmHWM") / 1e6}
+            "rss_peak_mb": proc_status_bytes("VmHWM") / 1e6}
 
 
 def run_train_step(name: str, seconds: float, threads: int, max_gb: float) -> dict:
@@ -205,22 +187,16 @@ def run_train_step(name: str, seconds: float, threads: int, max_gb: float) -> di
     _cap_memory(max_gb)
     time_s, cpu_s, calls, growth = _best_time(lambda: step(round(seconds * SAMPLE_RATE)))
     return {"status": "ok", "time_s": time_s, "cpu_s": cpu_s, "calls": calls, "peak_mb": growth / 1e6,
-            "rss_peak_mb": _status_bytes("VmHWM") / 1e6}
+            "rss_peak_mb": proc_status_bytes("VmHWM") / 1e6}
 
 
-def measure_in_child(case: dict, budget_s: float) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(case)]
+def measure_case(case: dict, budget_s: float) -> dict:
+    """One case in a fresh process with its thread settings, killed after 3x the budget."""
     env = {**os.environ, "OMP_NUM_THREADS": str(case["threads"]), "OMP_WAIT_POLICY": case["omp_wait_policy"]}
-    try:
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=budget_s * 3, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": f"skipped (> {budget_s * 3:.0f} s wall, killed)"}
-    if done.returncode != 0:
-        if "can't allocate memory" in done.stderr or "MemoryError" in done.stderr:
-            return {"status": f"out of memory (> {case['max_gb']:g} GB cap)"}
-        tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        return {"status": f"failed ({tail[:200]})"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = measure_in_child(__file__, case, budget_s * 3, env)
+    if result.get("status") == "out of memory":
+        result["status"] = f"out of memory (> {case['max_gb']:g} GB cap)"
+    return result
 
 
 def predicted_skip(seconds: float, earlier: list[dict], budget_s: float, max_gb: float) -> str | None:
@@ -522,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg(),
     }
     gemm_case = {"kind": "gemm", "threads": args.threads, "omp_wait_policy": args.omp_wait_policy}
-    meta["gemm_gflops_start"] = measure_in_child(gemm_case, args.budget_s)["gflops"]
+    meta["gemm_gflops_start"] = measure_case(gemm_case, args.budget_s)["gflops"]
     from mamba_hubert.ops import resolve_scan_impl
 
     meta["scan_backend"] = resolve_scan_impl("auto", torch.device("cpu"))
@@ -533,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(case: dict, earlier: list[dict] | None) -> dict:
         reason = predicted_skip(case["seconds"], earlier, args.budget_s, args.max_gb) if earlier is not None else None
         load = os.getloadavg()[0]
-        outcome = {"status": reason} if reason else measure_in_child(case, args.budget_s)
+        outcome = {"status": reason} if reason else measure_case(case, args.budget_s)
         result = {**case, "time_s": None, "cpu_s": None, "rtf": None, "peak_mb": None, "rss_peak_mb": None, "loadavg": load,
                   **outcome}
         cases.append(result)
@@ -564,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         run({"kind": "train", "model": name, "seconds": train_seconds, **common}, None)
 
-    meta.update(loadavg_end=os.getloadavg(), gemm_gflops_end=measure_in_child(gemm_case, args.budget_s)["gflops"],
+    meta.update(loadavg_end=os.getloadavg(), gemm_gflops_end=measure_case(gemm_case, args.budget_s)["gflops"],
                 wall_s=round(time.time() - started, 1))
     write_reports(args.out, meta, models, cases, seconds, args.png)
     return 0
