@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fairseq.data import Dictionary
 from fairseq.models.hubert.hubert import HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from machine import cpu_name, measure_in_child, time_and_peak_memory, write_results
@@ -42,13 +41,11 @@ CASES = {  # name: (frames S, k-means clusters, final_dim D)
 
 def build_model(clusters: int, final_dim: int):
     from mamba_hubert.models import MambaHubertConfig, MambaHubertModel
+    from mamba_hubert.models.param_count import kmeans_dictionary
 
-    dictionary = Dictionary()
-    for i in range(clusters):
-        dictionary.add_symbol(str(i))
     cfg = MambaHubertConfig(encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=32, final_dim=final_dim,
                             conv_feature_layers="[(32,400,320)]", label_rate=50)
-    return MambaHubertModel(cfg, HubertPretrainingConfig(data="unused", label_rate=50), [dictionary])
+    return MambaHubertModel(cfg, HubertPretrainingConfig(data="unused", label_rate=50), [kmeans_dictionary(clusters)])
 
 
 def run_case(impl: str, frames: int, clusters: int, final_dim: int, threads: int) -> dict:

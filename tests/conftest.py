@@ -5,10 +5,10 @@ from types import ModuleType
 
 import pytest
 import torch
-from fairseq.data import Dictionary
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
 from mamba_hubert.models import MambaHubertConfig, MambaHubertModel
+from mamba_hubert.models.param_count import kmeans_dictionary
 from mamba_hubert.modules.encoder import LAYER_TYPES
 
 TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
@@ -42,14 +42,9 @@ def tiny_model(layer_type: str, seed: int = 0, label_set_sizes: tuple[int, ...] 
                **overrides) -> MambaHubertModel:
     """`tiny_config`'s model with one label set (k-means dictionary) per entry of `label_set_sizes`."""
     torch.manual_seed(seed)
-    dictionaries = []
-    for size in label_set_sizes:
-        dictionary = Dictionary()
-        for i in range(size):
-            dictionary.add_symbol(str(i))
-        dictionaries.append(dictionary)
     task_cfg = HubertPretrainingConfig(data="unused", label_rate=50)
-    return MambaHubertModel(tiny_config(layer_type, **overrides), task_cfg, dictionaries)
+    return MambaHubertModel(tiny_config(layer_type, **overrides), task_cfg,
+                            [kmeans_dictionary(size) for size in label_set_sizes])
 
 
 @pytest.fixture(params=LAYER_TYPES)

@@ -27,6 +27,7 @@ from torch import _weights_only_unpickler
 
 from mamba_hubert import checkpoint_safety
 from mamba_hubert.models import MambaHubertModel
+from mamba_hubert.models.param_count import kmeans_dictionary
 
 TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
 
@@ -100,9 +101,7 @@ def test_fairseq_hubert_checkpoint_loads(hydra_checkpoint):
 
 def _tiny_mamba_hubert_state(tmp_path: Path) -> tuple:
     """A mamba_hubert checkpoint laid out as fairseq's Trainer.state_dict writes it, plus numpy extra_state."""
-    dictionary = Dictionary()
-    for k in range(8):
-        dictionary.add_symbol(str(k))
+    dictionary = kmeans_dictionary(8)
     model_cfg = {"_name": "mamba_hubert", "label_rate": 50, "layer_type": "ext_bimamba", "encoder_layers": 1,
                  "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4,
                  "conv_feature_layers": TINY_CONV, "extractor_mode": "layer_norm", "final_dim": 16,

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fairseq.data import Dictionary
 from fairseq.file_io import PathManager
 from fairseq.tasks.hubert_pretraining import LabelEncoder
 
 from mamba_hubert.atomic_checkpoints import AtomicCopyPathManager
 from mamba_hubert.models.mamba_hubert import MambaHubertModel, seeded_span_masks
+from mamba_hubert.models.param_count import kmeans_dictionary
 from mamba_hubert.tasks.mamba_hubert_pretraining import SeededCropHubertDataset
 from tests.conftest import tiny_model
 from tests.fairseq_runs import (
@@ -95,9 +95,7 @@ def test_span_masks_never_cover_padding_nor_depend_on_it():
 
 
 def crop_dataset(corpus: Path, seed: int) -> SeededCropHubertDataset:
-    dictionary = Dictionary()
-    for label in range(5):
-        dictionary.add_symbol(str(label))
+    dictionary = kmeans_dictionary(5)
     return SeededCropHubertDataset(
         str(corpus / "train.tsv"), sample_rate=16000, label_paths=[str(corpus / "train.km")], label_rates=100.0,
         pad_list=[dictionary.pad()], eos_list=[dictionary.eos()], label_processors=[LabelEncoder(dictionary)],

@@ -20,11 +20,16 @@ def build_from_config(config_dir: str, config_name: str, num_classes: int) -> Ma
         cfg = compose(config_name=config_name)
     model_cfg = OmegaConf.merge(OmegaConf.structured(MambaHubertConfig), cfg.model)
     model_cfg.label_rate = cfg.task.label_rate
+    task_cfg = HubertPretrainingConfig(data="unused", label_rate=cfg.task.label_rate)
+    return MambaHubertModel(model_cfg, task_cfg, [kmeans_dictionary(num_classes)])
+
+
+def kmeans_dictionary(num_classes: int) -> Dictionary:
+    """A label set's dictionary as fairseq builds it from dict.km.txt: the symbols 0 .. num_classes - 1."""
     dictionary = Dictionary()
     for i in range(num_classes):
         dictionary.add_symbol(str(i))
-    task_cfg = HubertPretrainingConfig(data="unused", label_rate=cfg.task.label_rate)
-    return MambaHubertModel(model_cfg, task_cfg, [dictionary])
+    return dictionary
 
 
 def count_parameters(model: MambaHubertModel) -> dict:
