@@ -10,8 +10,7 @@ from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 from mamba_hubert.models import MambaHubertConfig, MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
 from mamba_hubert.modules.encoder import LAYER_TYPES
-
-TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
+from tests.fairseq_runs import SMALL_MODEL, TINY_CONV, make_tone_corpus, pretrain_overrides, train_fairseq_hubert
 
 
 def load_benchmark(name: str) -> ModuleType:
@@ -60,3 +59,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Real fairseq-hydra-train checkpoints that several test files start from, made once per session.
+
+@pytest.fixture(scope="session")
+def tone_corpus(tmp_path_factory) -> Path:
+    return make_tone_corpus(tmp_path_factory.mktemp("tones"))
+
+
+@pytest.fixture(scope="session")
+def mamba_hubert_checkpoint(tone_corpus, tmp_path_factory) -> Path:
+    """A tiny ConBiMamba `mamba_hubert` pretrained for 2 updates on the tone corpus."""
+    from mamba_hubert.pipeline import hydra_train
+
+    root = tmp_path_factory.mktemp("mamba_hubert_run")
+    hydra_train("pretrain/tiny_conbimamba", pretrain_overrides(tone_corpus, root / "ckpt", "optimization.max_update=2",
+                                                               *SMALL_MODEL), root / "train.log")
+    return root / "ckpt" / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="session")
+def fairseq_hubert_checkpoint(tone_corpus, tmp_path_factory) -> Path:
+    """fairseq's own `hubert` (its HuBERT Base recipe, made tiny) pretrained for 2 updates on the tone corpus."""
+    return train_fairseq_hubert(tone_corpus, tmp_path_factory.mktemp("hubert_run"))

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import editdistance
 import numpy as np
 import soundfile as sf
 import torch
@@ -17,6 +18,7 @@ from fairseq import checkpoint_utils
 import mamba_hubert  # noqa: F401  (the checkpoint allow-list, for loading checkpoints in tests)
 from mamba_hubert.pipeline import CONFIG_ROOT, PLUGIN_DIR
 
+TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
 # Small enough that a few updates take seconds on 2 cores.
 SMALL_MODEL = ["model.encoder_layers=2", "model.encoder_embed_dim=64", "model.encoder_ffn_embed_dim=128",
                "model.conv_feature_layers='[(64,10,5)] + [(64,3,2)] * 4 + [(64,2,2)] * 2'", "model.final_dim=32"]
@@ -45,6 +47,30 @@ def make_tone_corpus(root: Path, splits=(("train", 12), ("valid", 3)), seed: int
     (root / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(5)))
     (root / "dict.ltr.txt").write_text("| 10\n" + "".join(f"{c} 10\n" for c in letters))
     return root
+
+
+def train_fairseq_hubert(data: Path, root: Path, label_rate: int = 100) -> Path:
+    """checkpoint_last.pt of a real fairseq-hydra-train run of fairseq's own `hubert` with fairseq's own HuBERT Base
+    recipe (hubert_base_librispeech.yaml), made tiny (2 updates) on `data` (`{split}.tsv`, `.km`, `dict.km.txt`)."""
+    save_dir = root / "ckpt"
+    config_dir = Path(checkpoint_utils.__file__).parent / "examples" / "hubert" / "config" / "pretrain"
+    overrides = [
+        f"task.data={data}", f"task.label_dir={data}", "task.labels=[km]", f"model.label_rate={label_rate}",
+        "task.min_sample_size=8000", "task.max_sample_size=16000", "common.fp16=false", "++common.cpu=true",
+        "common.tensorboard_logdir=null", "common.log_interval=1", "distributed_training.distributed_world_size=1",
+        "distributed_training.nprocs_per_node=1", "dataset.num_workers=0", "dataset.max_tokens=64000",
+        "++dataset.required_batch_size_multiple=1", "optimization.max_update=2", "lr_scheduler.warmup_updates=1",
+        "++model.encoder_layers=2", "++model.encoder_embed_dim=32", "++model.encoder_ffn_embed_dim=64",
+        "++model.encoder_attention_heads=2", "model.final_dim=16", f'model.conv_feature_layers="{TINY_CONV}"',
+        "++model.conv_pos=16", "++model.conv_pos_groups=4", "model.encoder_layerdrop=0",
+        f"++checkpoint.save_dir={save_dir}", f"hydra.run.dir={root / 'hydra'}",
+    ]
+    command = [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(config_dir),
+               "--config-name", "hubert_base_librispeech", *overrides]
+    follow(start(command, root), root / "train.log")
+    checkpoint = save_dir / "checkpoint_last.pt"
+    assert checkpoint.is_file()
+    return checkpoint
 
 
 def pretrain_overrides(data: Path, save_dir: Path, *extra: str) -> list:
@@ -128,3 +154,14 @@ def assert_same_parameters(got: dict, expected: dict) -> None:
     assert got.keys() == expected.keys()
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def wer_of_printed_hypotheses(generate_log: Path, manifest: Path) -> float:
+    """Word error rate recomputed from fairseq-generate's T-/D- lines (an untrained model's WER may pass 100%
+    through insertions, so the check is that the printed WER is the one of the printed hypotheses)."""
+    lines = generate_log.read_text().splitlines()
+    targets = {line.split("\t")[0][2:]: line.split("\t")[1] for line in lines if line.startswith("T-")}
+    hypotheses = {line.split("\t")[0][2:]: line.split("\t")[2] for line in lines if line.startswith("D-")}
+    assert len(targets) == len(hypotheses) == len(manifest.read_text().splitlines()) - 1  # every utterance decoded
+    errors = sum(editdistance.eval(targets[i].split(), hypotheses[i].split()) for i in targets)
+    return 100.0 * errors / sum(len(target.split()) for target in targets.values())

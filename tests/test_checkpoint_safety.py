@@ -6,15 +6,12 @@ import argparse
 import io
 import os
 import socket
-import subprocess
-import sys
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -28,8 +25,7 @@ from torch import _weights_only_unpickler
 from mamba_hubert import checkpoint_safety
 from mamba_hubert.models import MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
-
-TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
+from tests.fairseq_runs import TINY_CONV
 
 
 @pytest.fixture(autouse=True)
@@ -44,46 +40,9 @@ def _pickle_globals(path: Path) -> set:
         return _weights_only_unpickler.get_globals_in_pkl(io.BytesIO(z.read(name)))
 
 
-@pytest.fixture(scope="module")
-def hydra_checkpoint(tmp_path_factory) -> Path:
-    """checkpoint_last.pt of a real fairseq-hydra-train run of fairseq's own `hubert` (2 updates, tiny)."""
-    root = tmp_path_factory.mktemp("hubert_run")
-    data = root / "data"
-    (data / "wav").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("valid", 2)):
-        manifest, labels = [str(data)], []
-        for i in range(count):
-            n = int(rng.integers(12000, 16000))
-            sf.write(data / "wav" / f"{split}{i}.wav", rng.uniform(-0.3, 0.3, n).astype("float32"), 16000)
-            manifest.append(f"wav/{split}{i}.wav\t{n}")
-            labels.append(" ".join(str(k) for k in rng.integers(0, 8, n // 320)))
-        (data / f"{split}.tsv").write_text("\n".join(manifest) + "\n")
-        (data / f"{split}.km").write_text("\n".join(labels) + "\n")
-    (data / "dict.km.txt").write_text("".join(f"{k} 1\n" for k in range(8)))
-    save_dir = root / "ckpt"
-    config_dir = Path(checkpoint_utils.__file__).parent / "examples" / "hubert" / "config" / "pretrain"
-    overrides = [
-        f"task.data={data}", f"task.label_dir={data}", "task.labels=[km]", "model.label_rate=50",
-        "task.min_sample_size=8000", "task.max_sample_size=16000", "common.fp16=false", "++common.cpu=true",
-        "common.tensorboard_logdir=null", "common.log_interval=1", "distributed_training.distributed_world_size=1",
-        "distributed_training.nprocs_per_node=1", "dataset.num_workers=0", "dataset.max_tokens=64000",
-        "++dataset.required_batch_size_multiple=1", "optimization.max_update=2", "lr_scheduler.warmup_updates=1",
-        "++model.encoder_layers=1", "++model.encoder_embed_dim=32", "++model.encoder_ffn_embed_dim=64",
-        "++model.encoder_attention_heads=2", "model.final_dim=16", f'model.conv_feature_layers="{TINY_CONV}"',
-        "++model.conv_pos=16", "++model.conv_pos_groups=4", "model.encoder_layerdrop=0",
-        f"++checkpoint.save_dir={save_dir}", f"hydra.run.dir={root / 'hydra'}",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
-    env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(config_dir),
-         "--config-name", "hubert_base_librispeech", *overrides],
-        check=False, capture_output=True, text=True, env=env, timeout=600,
-    )
-    checkpoint = save_dir / "checkpoint_last.pt"
-    assert result.returncode == 0 and checkpoint.is_file(), result.stdout[-3000:] + result.stderr[-3000:]
-    return checkpoint
+@pytest.fixture
+def hydra_checkpoint(fairseq_hubert_checkpoint) -> Path:
+    return fairseq_hubert_checkpoint
 
 
 def test_fairseq_hubert_checkpoint_loads(hydra_checkpoint):

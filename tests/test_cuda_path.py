@@ -5,7 +5,7 @@ machines skip it."""
 import pytest
 import torch
 
-from mamba_hubert.modules.encoder import LAYER_TYPES
+from mamba_hubert.modules.encoder import MAMBA_LAYER_TYPES
 from mamba_hubert.ops.selective_scan import resolve_scan_impl
 from tests.conftest import tiny_model
 
@@ -22,7 +22,7 @@ def _cuda_scan_available() -> bool:
 pytestmark = pytest.mark.skipif(not _cuda_scan_available(), reason="needs a CUDA device and mamba-ssm's kernel")
 
 
-@pytest.mark.parametrize("layer_type", [t for t in LAYER_TYPES if t != "transformer"])
+@pytest.mark.parametrize("layer_type", MAMBA_LAYER_TYPES)
 def test_cuda_scan_equals_cpu(layer_type, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 convs alone differ by ~1e-3
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

@@ -1,9 +1,6 @@
 """fairseq-hydra-train trains a tiny mamba_hubert through the plugin, fairseq's hubert_ctc fine-tunes it, and
 fairseq-generate decodes it."""
 
-from pathlib import Path
-
-import editdistance
 import pytest
 import soundfile as sf
 import torch
@@ -11,7 +8,13 @@ from fairseq import checkpoint_utils
 
 import mamba_hubert  # noqa: F401  (registers the model and task, and the checkpoint allow-list)
 from mamba_hubert.pipeline import generate_wer, hydra_train
-from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
+from tests.fairseq_runs import (
+    SMALL_MODEL,
+    finetune_overrides,
+    make_tone_corpus,
+    pretrain_overrides,
+    wer_of_printed_hypotheses,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +56,3 @@ def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, layer_type):
 
     wer = generate_wer(corpus, corpus, ft_dir / "checkpoint_last.pt", "valid", tmp_path / "generate.log")
     assert wer == pytest.approx(wer_of_printed_hypotheses(tmp_path / "generate.log", corpus / "valid.tsv"), abs=0.01)
-
-
-def wer_of_printed_hypotheses(generate_log: Path, manifest: Path) -> float:
-    """Word error rate recomputed from fairseq-generate's T-/D- lines (an untrained model's WER may pass 100%
-    through insertions, so the check is that the printed WER is the one of the printed hypotheses)."""
-    lines = generate_log.read_text().splitlines()
-    targets = {line.split("\t")[0][2:]: line.split("\t")[1] for line in lines if line.startswith("T-")}
-    hypotheses = {line.split("\t")[0][2:]: line.split("\t")[2] for line in lines if line.startswith("D-")}
-    assert len(targets) == len(hypotheses) == len(manifest.read_text().splitlines()) - 1  # every utterance decoded
-    errors = sum(editdistance.eval(targets[i].split(), hypotheses[i].split()) for i in targets)
-    return 100.0 * errors / sum(len(target.split()) for target in targets.values())

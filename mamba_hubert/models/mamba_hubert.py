@@ -14,13 +14,12 @@ import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from fairseq.data.data_utils import compute_mask_indices
 from fairseq.data.dictionary import Dictionary
-from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
@@ -28,28 +27,16 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from mamba_hubert.frames import conv_output_lengths
-from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
-from mamba_hubert.modules.encoder import LAYER_TYPES, MambaEncoder
+from mamba_hubert.models.encoder_config import MambaLayerConfig
+from mamba_hubert.modules.encoder import MambaEncoder
 from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm
-from mamba_hubert.ops import SCAN_IMPLS
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MambaHubertConfig(HubertConfig):
-    layer_type: ChoiceEnum(LAYER_TYPES) = field(
-        default="conbimamba", metadata={"help": "encoder layer type; `transformer` is fairseq's HuBERT layer"}
-    )
-    mamba_d_state: int = field(default=16, metadata={"help": "SSM state size N"})
-    mamba_d_conv: int = field(default=4, metadata={"help": "Mamba's causal depthwise conv width"})
-    mamba_expand: float = field(default=2, metadata={"help": "d_inner = mamba_expand * encoder_embed_dim"})
-    bimamba_fusion: ChoiceEnum(BIMAMBA_FUSIONS) = field(
-        default="concat", metadata={"help": "ext_bimamba/conbimamba: concat + Linear (Zhang) or sum (Lin)"}
-    )
-    scan_impl: ChoiceEnum(SCAN_IMPLS) = field(
-        default="auto", metadata={"help": "selective scan backend: auto | cuda (mamba-ssm) | cpu (fused) | reference"}
-    )
+class MambaHubertConfig(MambaLayerConfig, HubertConfig):
+    """fairseq's HubertConfig with the plugin's layer types and Mamba fields."""
 
 
 def _without_encoder_layers(cfg):

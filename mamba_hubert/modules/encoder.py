@@ -9,10 +9,12 @@ from fairseq import utils
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
 from torch import nn
 
+from mamba_hubert.modules.conformer import PaddingExactConformerLayer
 from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, MambaEncoderLayer, build_mixer
 from mamba_hubert.modules.mamba import Mamba
 
-LAYER_TYPES = ("mamba", "ext_bimamba", "inn_bimamba", "conbimamba", "transbimamba", "transformer")
+MAMBA_LAYER_TYPES = ("mamba", "ext_bimamba", "inn_bimamba", "conbimamba", "transbimamba")
+LAYER_TYPES = (*MAMBA_LAYER_TYPES, "transformer", "conformer")
 
 
 def mamba_kwargs_from(args) -> dict:
@@ -60,6 +62,10 @@ class MambaEncoder(TransformerEncoder):
     def build_encoder_layer(self, args, **kwargs) -> nn.Module:
         if args.layer_type == "transformer":
             return super().build_encoder_layer(args, **kwargs)
+        if args.layer_type == "conformer":
+            return PaddingExactConformerLayer(
+                args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.encoder_attention_heads, args.dropout,
+                args.depthwise_conv_kernel_size, getattr(args, "attn_type", ""), getattr(args, "fp16", False))
         d_model = args.encoder_embed_dim
         mamba_kwargs = mamba_kwargs_from(args)
         if args.layer_type == "conbimamba":

@@ -25,6 +25,15 @@ def build_mixer(kind: str, d_model: int, fusion: str, mamba_kwargs: dict) -> nn.
     raise ValueError(f"unknown mixer {kind!r}")
 
 
+def batch_norm_valid(norm: nn.BatchNorm1d, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """`norm` over the channels of x: (b, T, C), its batch statistics taken over valid frames only (padded frames
+    pass through unchanged and never reach the running statistics)."""
+    if padding_mask is None:
+        return norm(x.reshape(-1, x.shape[-1])).view_as(x)
+    valid = ~padding_mask
+    return x.masked_scatter(valid.unsqueeze(-1), norm(x[valid]))
+
+
 class FeedForward(nn.Module):
     """Linear -> activation -> dropout -> Linear."""
 
@@ -106,12 +115,7 @@ class ConvolutionModule(nn.Module):
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)
-        if padding_mask is None:
-            x = self.batch_norm(x.reshape(-1, x.shape[-1])).view_as(x)
-        else:
-            valid = ~padding_mask
-            x = x.masked_scatter(valid.unsqueeze(-1), self.batch_norm(x[valid]))
-        return self.dropout(self.pointwise_out(F.silu(x)))
+        return self.dropout(self.pointwise_out(F.silu(batch_norm_valid(self.batch_norm, x, padding_mask))))
 
 
 class ConBiMambaEncoderLayer(nn.Module):

@@ -1,0 +1,49 @@
+"""Config fields of the plugin's encoders, shared by every model that builds one (fairseq reads these dataclasses to
+make command-line flags and hydra config groups)."""
+
+from dataclasses import dataclass, field
+
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
+from mamba_hubert.modules.encoder import LAYER_TYPES
+from mamba_hubert.ops import SCAN_IMPLS
+
+
+@dataclass
+class MambaLayerConfig(FairseqDataclass):
+    layer_type: ChoiceEnum(LAYER_TYPES) = field(
+        default="conbimamba", metadata={"help": "encoder layer type; `transformer` is fairseq's HuBERT layer, "
+                                                "`conformer` fairseq's Conformer layer (exact under padding)"}
+    )
+    mamba_d_state: int = field(default=16, metadata={"help": "SSM state size N"})
+    mamba_d_conv: int = field(default=4, metadata={"help": "Mamba's causal depthwise conv width"})
+    mamba_expand: float = field(default=2, metadata={"help": "d_inner = mamba_expand * encoder_embed_dim"})
+    bimamba_fusion: ChoiceEnum(BIMAMBA_FUSIONS) = field(
+        default="concat", metadata={"help": "ext_bimamba/conbimamba: concat + Linear (Zhang) or sum (Lin)"}
+    )
+    scan_impl: ChoiceEnum(SCAN_IMPLS) = field(
+        default="auto", metadata={"help": "selective scan backend: auto | cuda (mamba-ssm) | cpu (fused) | reference"}
+    )
+
+
+@dataclass
+class EncoderConfig(MambaLayerConfig):
+    """A wav2vec2-style encoder (positional conv, layer norm, layers) for models that are not HuBERT: the fields
+    `MambaEncoder` reads, with HuBERT Base's defaults."""
+
+    encoder_layers: int = field(default=12, metadata={"help": "number of encoder layers"})
+    encoder_embed_dim: int = field(default=768, metadata={"help": "encoder width"})
+    encoder_ffn_embed_dim: int = field(default=3072, metadata={"help": "FFN width (0: no FFN where optional)"})
+    encoder_attention_heads: int = field(default=12, metadata={"help": "attention heads (transformer, conformer)"})
+    activation_fn: str = field(default="gelu", metadata={"help": "FFN activation of transformer/mamba layers"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout in the encoder"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "dropout of attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
+    encoder_layerdrop: float = field(default=0.0, metadata={"help": "probability of dropping a layer"})
+    layer_norm_first: bool = field(default=False, metadata={"help": "pre-LN layers (and a final layer norm)"})
+    conv_pos: int = field(default=128, metadata={"help": "positional conv width; 0: none (no look-ahead)"})
+    conv_pos_groups: int = field(default=16, metadata={"help": "groups of the positional conv"})
+    required_seq_len_multiple: int = field(default=1, metadata={"help": "pad sequences to a multiple of this"})
+    depthwise_conv_kernel_size: int = field(default=31, metadata={"help": "conv module kernel (conformer, conbimamba)"})
+    checkpoint_activations: bool = field(default=False, metadata={"help": "recompute activations (transformer)"})
