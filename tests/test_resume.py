@@ -6,7 +6,7 @@ What fairseq restores on resume: model, optimizer and lr-scheduler state, the ep
 (`iterations_in_epoch`), and torch's RNG, which it re-seeds to `seed + num_updates` before every update. What
 fairseq's HuBERT draws from unsaved generators, the plugin keys on saved state instead:
 - span masks (fairseq: `np.random.default_rng(None)`, so not even two fresh runs with the same seed agreed) are
-  drawn from (seed, update, utterance id) (mamba_hubert.models.mamba_hubert.seeded_span_masks);
+  drawn from (seed, update, utterance id) (mamba_hubert.models.seeded_masks.seeded_span_masks);
 - random crops (fairseq: numpy's global generator, seeded once per process, so a resumed run cropped differently)
   are drawn from (seed, epoch, the batch's utterance ids) (SeededCropHubertDataset).
 The runs below are the unpatched console script with the tiny config's defaults, random crops included.
@@ -29,8 +29,9 @@ from fairseq.file_io import PathManager
 from fairseq.tasks.hubert_pretraining import LabelEncoder
 
 from mamba_hubert.atomic_checkpoints import AtomicCopyPathManager
-from mamba_hubert.models.mamba_hubert import MambaHubertModel, seeded_span_masks
+from mamba_hubert.models.mamba_hubert import MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
+from mamba_hubert.models.seeded_masks import seeded_span_masks
 from mamba_hubert.tasks.mamba_hubert_pretraining import SeededCropHubertDataset
 from tests.conftest import tiny_model
 from tests.fairseq_runs import (

@@ -1,19 +1,9 @@
-"""`mamba_hubert`: fairseq's HuBERT with a Mamba encoder, an exact frame padding mask and reproducible span masks.
-
-Span masks: fairseq's HuBERT draws them from a fresh `np.random.default_rng()` (OS entropy) on every forward, so
-two runs with the same seed differ from their first update and a resumed run cannot replay the one it continues.
-Inside `seeded_span_masks` (which the `mamba_hubert_pretraining` task opens around every train and valid step)
-they come from fairseq's own `compute_mask_indices(seed=, epoch=, indices=)`: one generator per row, keyed by
-(run seed, update count, utterance id), so a batch's masks are a function of the run seed, the update and the
-batch's utterances. Keyed by utterance rather than by rank and batch position: ranks hold different utterances,
-so they never share masks, and a batch gets the same masks on whichever rank it lands (two ranks equal one
-process with update_freq 2); masks still change every update, as fairseq's did.
+"""`mamba_hubert`: fairseq's HuBERT with a Mamba encoder, an exact frame padding mask and span masks drawn from
+(seed, update, utterance ids) (`seeded_masks`).
 """
 
 import copy
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +18,7 @@ from torch import nn
 
 from mamba_hubert.frames import conv_output_lengths
 from mamba_hubert.models.encoder_config import MambaLayerConfig
+from mamba_hubert.models.seeded_masks import SeededMasking
 from mamba_hubert.modules.encoder import MambaEncoder
 from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm
 
@@ -56,7 +47,7 @@ def _without_encoder_layers(cfg):
 
 
 @register_model("mamba_hubert", dataclass=MambaHubertConfig)
-class MambaHubertModel(HubertModel):
+class MambaHubertModel(SeededMasking, HubertModel):
     def __init__(
         self, cfg: MambaHubertConfig, task_cfg: HubertPretrainingConfig, dictionaries: list[Dictionary | None]
     ) -> None:
@@ -69,8 +60,6 @@ class MambaHubertModel(HubertModel):
         for index, module in enumerate(block):  # the default extractor's GroupNorm over time: one that skips padding
             if isinstance(module, nn.GroupNorm):
                 block[index] = ValidFramesGroupNorm.replacing(module)
-        self.num_updates = 0
-        self.mask_key: tuple[int, torch.Tensor] | None = None  # (seed, utterance ids), set by seeded_span_masks
 
     @classmethod
     def build_model(cls, cfg: MambaHubertConfig, task: HubertPretrainingTask) -> "MambaHubertModel":
@@ -127,10 +116,6 @@ class MambaHubertModel(HubertModel):
                 return classes
         return None
 
-    def set_num_updates(self, num_updates: int) -> None:
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates  # fairseq calls this before every update's forward; it keys the masks
-
     def apply_mask(
         self, x: torch.Tensor, padding_mask: torch.Tensor | None, target_list: list[torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -160,18 +145,3 @@ class MambaHubertModel(HubertModel):
             )
             x[torch.from_numpy(channel_mask).to(x.device).unsqueeze(1).expand(-1, frames, -1)] = 0
         return x, mask_indices
-
-
-@contextmanager
-def seeded_span_masks(model: torch.nn.Module, seed: int, utterance_ids: torch.Tensor) -> Iterator[None]:
-    """Within this block, every MambaHubertModel in `model` (bare, inside fairseq's hubert_ctc, or wrapped for
-    distributed training) draws span masks for the batch whose row i is utterance `utterance_ids[i]` from
-    (seed, its update count, utterance_ids)."""
-    models = [module for module in model.modules() if isinstance(module, MambaHubertModel)]
-    for module in models:
-        module.mask_key = (seed, utterance_ids.cpu())
-    try:
-        yield
-    finally:
-        for module in models:
-            module.mask_key = None

@@ -15,7 +15,7 @@ from omegaconf import II
 
 from mamba_hubert.analysis.layerwise import layerwise_mi
 from mamba_hubert.data.check import validate_or_raise
-from mamba_hubert.models.mamba_hubert import seeded_span_masks
+from mamba_hubert.models.seeded_masks import seeded_span_masks
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 
 
