@@ -7,9 +7,10 @@ import pytest
 import torch
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
-from mamba_hubert.models import MambaHubertConfig, MambaHubertModel
+from mamba_hubert.models import MambaHubertAsr, MambaHubertAsrConfig, MambaHubertConfig, MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
 from mamba_hubert.modules.encoder import LAYER_TYPES
+from mamba_hubert.tasks import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
 from tests.fairseq_runs import SMALL_MODEL, TINY_CONV, make_tone_corpus, pretrain_overrides, train_fairseq_hubert
 
 
@@ -44,6 +45,23 @@ def tiny_model(layer_type: str, seed: int = 0, label_set_sizes: tuple[int, ...] 
     task_cfg = HubertPretrainingConfig(data="unused", label_rate=50)
     return MambaHubertModel(tiny_config(layer_type, **overrides), task_cfg,
                             [kmeans_dictionary(size) for size in label_set_sizes])
+
+
+# A downstream encoder small enough for unit tests (mamba_hubert_asr's head_* fields), no dropout.
+SMALL_HEAD = {"head_layers": 2, "head_embed_dim": 32, "head_ffn_embed_dim": 64, "head_attention_heads": 4,
+              "head_dropout": 0.0, "head_conv_pos": 16, "head_conv_pos_groups": 4,
+              "head_depthwise_conv_kernel_size": 7, "head_mamba_d_state": 8}
+
+
+def build_asr_model(checkpoint, corpus, seed: int = 0, **fields) -> MambaHubertAsr:
+    """The model fairseq-hydra-train builds for `model._name=mamba_hubert_asr model.w2v_path=checkpoint`."""
+    task = MambaHubertPretrainingTask(MambaHubertPretrainingConfig(
+        data=str(corpus), label_dir=str(corpus), fine_tuning=True, labels=["ltr"], single_target=True,
+        pad_audio=True, normalize=False, seed=1))
+    torch.manual_seed(seed)
+    cfg = MambaHubertAsrConfig(w2v_path=str(checkpoint), normalize=False, data=str(corpus), final_dropout=0.0,
+                               dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, **fields)
+    return MambaHubertAsr.build_model(cfg, task)
 
 
 @pytest.fixture(params=LAYER_TYPES)

@@ -5,24 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_hubert.models import MambaHubertAsr, MambaHubertAsrConfig
 from mamba_hubert.models.mamba_hubert_asr import HEAD_LAYER_TYPES
-from mamba_hubert.tasks import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
-
-SMALL_HEAD = {"head_layers": 2, "head_embed_dim": 32, "head_ffn_embed_dim": 64, "head_attention_heads": 4,
-              "head_dropout": 0.0, "head_conv_pos": 16, "head_conv_pos_groups": 4,
-              "head_depthwise_conv_kernel_size": 7, "head_mamba_d_state": 8}
-
-
-def build_asr(checkpoint, corpus, seed: int = 0, **fields) -> MambaHubertAsr:
-    """The model fairseq-hydra-train builds for `model._name=mamba_hubert_asr model.w2v_path=checkpoint`."""
-    task = MambaHubertPretrainingTask(MambaHubertPretrainingConfig(
-        data=str(corpus), label_dir=str(corpus), fine_tuning=True, labels=["ltr"], single_target=True,
-        pad_audio=True, normalize=False, seed=1))
-    torch.manual_seed(seed)
-    cfg = MambaHubertAsrConfig(w2v_path=str(checkpoint), normalize=False, data=str(corpus), final_dropout=0.0,
-                               dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, **fields)
-    return MambaHubertAsr.build_model(cfg, task)
+from tests.conftest import SMALL_HEAD
+from tests.conftest import build_asr_model as build_asr
 
 
 def padded(lengths, seed=0):

@@ -2,7 +2,9 @@
 
     mamba-hubert-mi --checkpoint a.pt --checkpoint b.pt --data DIR --subset valid --out mi/
 
-Works for `mamba_hubert`, fairseq `hubert` and fine-tuned `hubert_ctc` checkpoints, on CPU.
+Works for `mamba_hubert`, fairseq `hubert`, fine-tuned `hubert_ctc` and `mamba_hubert_asr` (upstream then head layers
+on one depth axis) and `mamba_spectrum_reconstruction` checkpoints, on CPU. I(X;T_i) by MINE and by SMILE, each with
+a verdict on the curve's shape (`mamba_hubert.analysis.verdict`).
 """
 
 import argparse
@@ -21,7 +23,7 @@ from fairseq import checkpoint_utils
 from fairseq.data import Dictionary
 
 import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
-from mamba_hubert.analysis.layerwise import layerwise_mi
+from mamba_hubert.analysis.layerwise import XT_KEYS, XT_QUANTITIES, layerwise_mi, xt_verdicts
 from mamba_hubert.analysis.plots import plot_information_plane, plot_mi_curves
 from mamba_hubert.data.mfcc import read_manifest
 
@@ -45,9 +47,12 @@ def load_probe_set(data_dir: str, subset: str, max_utterances: int, label: str |
 def analyse_checkpoint(checkpoint: str, waves, labels, data_dir: str, args) -> list[dict]:
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_dir})
     return layerwise_mi(models[0], waves, labels, seeds=args.seeds, mine_iterations=args.mine_iterations,
-                        max_frames=args.max_frames,
+                        max_frames=args.max_frames, marginals=MARGINALS[args.marginals],
                         progress=lambda message: print(f"[mi] {Path(checkpoint).name}: {message}", file=sys.stderr,
                                                        flush=True))
+
+
+MARGINALS = {"within_utterance": "within_group", "pooled": "pooled"}
 
 
 def _analyse_on_one_thread(job: tuple) -> list[dict]:
@@ -67,13 +72,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-utterances", type=int, default=100)
     parser.add_argument("--max-frames", type=int, default=8000, help="frames pooled per estimate (subsampled)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--mine-iterations", type=int, default=None, help="default: the estimator's")
+    parser.add_argument("--mine-iterations", type=int, default=None,
+                        help="training steps of each statistics network (default: the estimators')")
+    parser.add_argument("--marginals", choices=tuple(MARGINALS), default="within_utterance",
+                        help="where I(X;T)'s marginal pairs come from: within an utterance (the paper's choice; "
+                             "estimates a within-utterance dependence) or across the pooled frames (I(X;T))")
     parser.add_argument("--jobs", type=int, default=1, help="checkpoints analysed at once, one thread each")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     names = args.name or args.checkpoint
     if len(names) != len(args.checkpoint):
         parser.error("give one --name per --checkpoint")
+    missing = [path for path in args.checkpoint if not os.path.isfile(path)]
+    if missing:
+        parser.error(f"checkpoint not found: {missing[0]}")
+    if not os.path.isfile(os.path.join(args.data, f"{args.subset}.tsv")):
+        parser.error(f"{args.data}/{args.subset}.tsv not found (--data DIR --subset NAME name a manifest)")
     label = None if args.labels == "none" else args.labels
     if label is not None and not os.path.exists(os.path.join(args.data, f"{args.subset}.{label}")):
         parser.error(f"{args.data}/{args.subset}.{label} not found (use --labels none to skip I(T;Y))")
@@ -85,17 +99,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         analysed = [analyse_checkpoint(*job) for job in jobs]
     results = dict(zip(names, analysed))
+    marginals = MARGINALS[args.marginals]
     write_outputs(args.out, {"subset": args.subset, "utterances": len(waves), "seeds": args.seeds,
-                             "checkpoints": dict(zip(names, args.checkpoint)), "layers": results})
+                             "marginals": marginals, "xt_quantity": XT_QUANTITIES[marginals],
+                             "checkpoints": dict(zip(names, args.checkpoint)), "layers": results,
+                             "verdicts": {name: xt_verdicts(rows) for name, rows in results.items()}})
     print(f"[mi] wrote {args.out}/mi.json and plots", file=sys.stderr)
 
 
 def write_outputs(out: Path, record: dict) -> None:
-    """`mi.json` (subset, utterances, seeds, checkpoints and, per name, its layers' rows) and the plots."""
+    """`mi.json` (subset, utterances, seeds, marginals, checkpoints and, per name, its layers' rows and verdicts) and
+    the plots."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "mi.json").write_text(json.dumps(record, indent=2) + "\n")
     results = record["layers"]
-    plot_mi_curves(results, out / "mi_xt.png")
+    for name, key in XT_KEYS.items():
+        plot_mi_curves(results, out / f"{key}.png", key=key, ylabel=f"I(X; T_i) [nats], {name.upper()}")
     if any("mi_ty" in row for rows in results.values() for row in rows):
         plot_mi_curves(results, out / "mi_ty.png", key="mi_ty", ylabel="I(T_i; Y) [nats], phone probe bound")
         plot_information_plane(results, out / "information_plane.png")

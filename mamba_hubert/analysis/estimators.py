@@ -1,9 +1,14 @@
 """Mutual-information estimators for the layer-wise analysis (all values in nats).
 
-- `mine_mi(x, t)`: I(X;T) between two paired sets of continuous frames, with MINE (Belghazi et al. 2018):
-  the Donsker-Varadhan bound I >= E_P[f] - log E_{P_X x P_T}[e^f], maximised over a small statistics network f.
+- `xt_mutual_information(x, t)`: dependence between two paired sets of continuous frames, with a small
+  statistics network f per estimator: MINE (Belghazi et al. 2018), the Donsker-Varadhan bound
+  E_P[f] - log E_Q[e^f] maximised over f, and SMILE (Song & Ermon 2020), f fitted on the Jensen-Shannon
+  objective and the DV value reported with e^f clipped. Q, the product of marginals, is sampled within groups
+  (utterances) or over the pooled frames (see its docstring for the quantity each choice estimates).
+  `mine_mi` and `smile_mi` run one estimator.
 - `discrete_mi(t, y)`: I(T;Y) between continuous frames and discrete labels (e.g. frame-level phones), either a
-  plug-in estimate on k-means codes of T or a linear-probe lower bound H(Y) - CE.
+  plug-in estimate on k-means codes of T (its small-sample bias estimated by shuffling the labels) or a
+  linear-probe lower bound H(Y) - CE.
 - `plugin_mi(a, b)`: I(A;B) between two discrete label arrays, Miller-Madow corrected.
 
 Every estimator is fitted on one part of the frames and evaluated on the held-out rest, and is repeated over
@@ -22,22 +27,33 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.linear_model import LogisticRegression
 
 ArrayLike = np.ndarray | torch.Tensor
+XTEstimator = Literal["mine", "smile"]
+Marginals = Literal["within_group", "pooled"]
 
-# MINE training budget. The paper runs 100 passes of batch 128 over each utterance (a few hundred steps per
-# utterance); pooled frames need a budget in steps instead. On correlated Gaussians (10k frames, batch 128, Adam at
-# lr 1e-4) the validation bound climbs steeply for ~2000 steps and then creeps up; by 6000 steps it is within ~10% of
-# the closed form up to 3 nats in 10 dimensions (tests/test_estimators.py). Training stops earlier once no network
-# has improved its validation bound for DEFAULT_PATIENCE checks, every DEFAULT_EVAL_EVERY steps: with independent
-# X and T the bound only falls (overfitting), so that stop comes after ~2000 steps.
+# Training budget of the I(X;T) networks (MINE's and SMILE's alike). The MINE paper runs 100 passes of batch 128
+# over each utterance (a few hundred steps per utterance); pooled frames need a budget in steps instead. On
+# correlated Gaussians (10k frames, batch 128, Adam at lr 1e-4) the validation value climbs steeply for ~2000 steps
+# and then creeps up; by 6000 steps it is within ~10% of the closed form up to 3 nats in 10 dimensions
+# (tests/test_estimators.py). A network stops earlier once its validation value has not improved for
+# DEFAULT_PATIENCE checks, every DEFAULT_EVAL_EVERY steps: with independent X and T the value only falls
+# (overfitting), so that stop comes after ~2000 steps.
 DEFAULT_MINE_ITERATIONS = 6000
 DEFAULT_EVAL_EVERY = 200
 DEFAULT_PATIENCE = 10
-# Random within-group partners drawn per held-out frame for the held-out log-partition term: more marginal samples
+# SMILE's clip tau (the paper's): e^f is clipped to [e^-tau, e^tau] in the reported value's partition term.
+DEFAULT_SMILE_CLIP = 5.0
+# Random marginal partners drawn per held-out frame for the held-out log-partition term: more marginal samples
 # shrink the (upward) bias of log-mean-exp at no training cost.
 DEFAULT_EVAL_SHUFFLES = 10
 # Probability mass a probe spreads uniformly over all labels, so a label the fit split never saw costs a finite,
 # honest log-loss instead of infinity; any such mixture still gives a valid lower bound.
 _PROBE_SMOOTHING = 1e-6
+# Label permutations for the plug-in's shuffle correction: their mean's spread is a fifth of one permutation's,
+# for 20 cheap label histograms per seed.
+DEFAULT_PLUGIN_SHUFFLES = 20
+# Held-out frames a code-label cell expects on average, below which the plug-in uses fewer codes: sparse cells bias
+# it upward by more than the shuffle correction removes.
+DEFAULT_PLUGIN_MIN_CELL_COUNT = 8
 _EVAL_CHUNK = 16384
 _DRAW_CHUNK = 1000  # training steps whose random draws are made at once
 
@@ -118,14 +134,14 @@ def _entropy_mm(counts: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# MINE
+# I(X;T): MINE and SMILE
 
 
 class _PartnerSampler:
-    """Maps uniform draws to random partner positions within each position's group.
+    """Maps uniform draws to random partner positions within each position's group (code).
 
-    Pairing x_i with t_j, j a random frame of i's group, samples the product of marginals within a group, as the
-    paper does by shuffling frames within an utterance.
+    Pairing x_i with t_j, j a random frame of i's group, samples the product of the group's marginals, as the
+    paper does by shuffling frames within an utterance; with a single code it samples the pooled marginals.
     """
 
     def __init__(self, codes: np.ndarray):
@@ -143,9 +159,10 @@ class _PartnerSampler:
 
 
 class _StatisticsNets(torch.nn.Module):
-    """One fresh statistics network per seed, Linear(in, hidden)-ReLU-Linear(hidden, hidden)-ReLU-Linear(hidden, 1)
-    (the paper's), trained side by side as batched matrix products: the networks share no parameter and Adam is
-    element-wise, so each trains exactly as it would alone, at a fraction of the per-step overhead."""
+    """One fresh statistics network (critic) per member, Linear(in, hidden)-ReLU-Linear(hidden, hidden)-ReLU-
+    Linear(hidden, 1) (the MINE paper's), trained side by side as batched matrix products: the networks share no
+    parameter and Adam is element-wise, so each trains exactly as it would alone, at a fraction of the per-step
+    overhead. Member i is initialised from seeds[i] alone."""
 
     def __init__(self, in_dim: int, hidden: int, seeds: Sequence[int]):
         super().__init__()
@@ -167,11 +184,12 @@ class _StatisticsNets(torch.nn.Module):
     def forward(self, z: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
         """Scores (S, M) of frames z: (S, M, in_dim), network s scoring z[s]; `members` picks a subset of nets."""
         h = z
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b[members], h, w[members])
-            if i < len(self.weights) - 1:
-                h = torch.relu(h)
-        return h.squeeze(-1)
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            h = torch.relu(torch.baddbmm(b[members], h, w[members]))
+        # The output layer as a product and sum rather than a matrix product: a single network's (hidden, 1) matrix
+        # product takes a different summation order than a batch's, and the rounding difference would make a
+        # network's values depend on how many networks train beside it.
+        return (h * self.weights[-1][members].transpose(1, 2)).sum(-1) + self.biases[-1][members][..., 0]
 
 
 def _log_mean_exp(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -180,7 +198,8 @@ def _log_mean_exp(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 class _SeedSplit:
     """One seed's frames: train (network fitting; its statistics standardise both sides), validation (choosing
-    the training step to keep) and test (the reported value), with fixed marginal pairings for the latter two."""
+    the training step to keep) and test (the reported value), with fixed marginal pairings for the latter two.
+    Groups always decide the splits; they restrict the marginal partners only when `pooled` is False."""
 
     def __init__(
         self,
@@ -192,31 +211,39 @@ class _SeedSplit:
         eval_shuffles: int,
         seed: int,
         device: str | torch.device,
+        pooled: bool,
     ):
         rng = np.random.default_rng(seed)
         rest, self.test = _split(np.arange(x.shape[0]), heldout_fraction, groups, rng)
         self.train, self.val = _split(rest, validation_fraction / (1.0 - heldout_fraction), groups, rng)
-        self.groups = groups
+        self.partner_groups = None if pooled else groups
         self.gen = torch.Generator().manual_seed(seed)
         self.x_mean, self.x_std = (a.to(device) for a in (x[self.train].mean(0), x[self.train].std(0).clamp_min(1e-8)))
         self.t_mean, self.t_std = (a.to(device) for a in (t[self.train].mean(0), t[self.train].std(0).clamp_min(1e-8)))
         self.val_partners = self._partners(self.val, eval_shuffles)
         self.test_partners = self._partners(self.test, eval_shuffles)
 
-    def group_codes(self, frames: np.ndarray) -> np.ndarray:
-        """Group codes of the given frames (all 0 without groups)."""
-        return np.zeros(len(frames), dtype=np.int64) if self.groups is None else self.groups[frames]
+    def partner_codes(self, frames: np.ndarray) -> np.ndarray:
+        """Codes within which the given frames find their marginal partners (all 0 for pooled partners)."""
+        return np.zeros(len(frames), dtype=np.int64) if self.partner_groups is None else self.partner_groups[frames]
+
+    def member_generator(self) -> torch.Generator:
+        """A generator for one member's training draws: a copy of this seed's generator after the evaluation
+        pairings, so a member draws the same batches whichever other members train beside it."""
+        gen = torch.Generator()
+        gen.set_state(self.gen.get_state())
+        return gen
 
     def _partners(self, frames: np.ndarray, shuffles: int) -> torch.Tensor:
-        """(shuffles, len(frames)) frame indices: `shuffles` within-group re-pairings of `frames`."""
-        sampler = _PartnerSampler(self.group_codes(frames))
+        """(shuffles, len(frames)) frame indices: `shuffles` random re-pairings of `frames`."""
+        sampler = _PartnerSampler(self.partner_codes(frames))
         every = torch.arange(len(frames)).repeat(shuffles)
         uniform = torch.rand(len(every), generator=self.gen, dtype=torch.float64)
         return torch.from_numpy(frames)[sampler.sample(every, uniform)].reshape(shuffles, len(frames))
 
 
 @torch.no_grad()
-def _dv_bound(
+def _heldout_bound(
     nets: _StatisticsNets,
     member: int,
     split: _SeedSplit,
@@ -224,9 +251,11 @@ def _dv_bound(
     t: torch.Tensor,
     frames: np.ndarray,
     partners: torch.Tensor,
+    clip: float | None,
 ) -> float:
-    """Donsker-Varadhan bound of one network on `frames`: mean score of the joint pairs minus the log-mean-exp
-    score of the re-paired frames (`partners`)."""
+    """Donsker-Varadhan value of one network on `frames`: mean score of the joint pairs minus the log-mean-exp
+    score of the re-paired frames (`partners`); with `clip`, those scores are clipped to [-clip, clip] first,
+    i.e. log E_Q[clip(e^f, e^-clip, e^clip)] (SMILE)."""
     device = x.device
     rows = torch.from_numpy(frames).to(device)
     x_rows = (x[rows] - split.x_mean) / split.x_std
@@ -244,12 +273,15 @@ def _dv_bound(
         )
 
     marginal = torch.cat([scores(p.to(device)) for p in partners])
+    if clip is not None:
+        marginal = marginal.clamp(-clip, clip)
     return float(scores(rows).mean() - _log_mean_exp(marginal, 0))
 
 
 def _train_keep_best(
     nets: _StatisticsNets,
-    splits: list[_SeedSplit],
+    estimators: Sequence[str],
+    splits: Sequence[_SeedSplit],
     xs: torch.Tensor,
     ts: torch.Tensor,
     *,
@@ -257,38 +289,43 @@ def _train_keep_best(
     batch_size: int,
     iterations: int,
     ema_rate: float,
+    clip: float,
     eval_every: int,
     patience: int | None,
 ) -> None:
-    """Train network i on splits[i]'s train frames and leave it in its best state on splits[i]'s validation
-    frames (see `mine_mi`)."""
+    """Train network i with estimators[i]'s objective on splits[i]'s train frames and leave it in its best state
+    on splits[i]'s validation frames (see `xt_mutual_information`)."""
     x_mean, x_std = (torch.stack([getattr(sp, k) for sp in splits])[:, None] for k in ("x_mean", "x_std"))
     t_mean, t_std = (torch.stack([getattr(sp, k) for sp in splits])[:, None] for k in ("t_mean", "t_std"))
 
-    # All seeds' train frames side by side; a partner is drawn within the same (seed, group).
+    # All members' train frames side by side; a partner is drawn within the same (member, partner code).
     train_all = torch.from_numpy(np.concatenate([sp.train for sp in splits]))
     train_sizes = torch.tensor([len(sp.train) for sp in splits])[:, None]
     train_offsets = torch.cumsum(train_sizes, 0) - train_sizes
     sampler = _PartnerSampler(
         np.concatenate(
             [
-                np.unique(sp.group_codes(sp.train), return_inverse=True)[1] * len(splits) + i
+                np.unique(sp.partner_codes(sp.train), return_inverse=True)[1] * len(splits) + i
                 for i, sp in enumerate(splits)
             ]
         )
     )
+    gens = [sp.member_generator() for sp in splits]
+    mine = torch.tensor([i for i, e in enumerate(estimators) if e == "mine"], dtype=torch.long)
+    smile = torch.tensor([i for i, e in enumerate(estimators) if e == "smile"], dtype=torch.long)
 
     opt = torch.optim.Adam(nets.parameters(), lr=lr)
-    best = [(-math.inf, None)] * len(splits)  # per network: (validation bound, parameters)
-    stale = 0
+    best: list[tuple[float, list[torch.Tensor] | None]] = [(-math.inf, None)] * len(splits)  # (validation value, state)
+    # Each member has its own early-stopping clock: a shared one would let the other members decide which of its
+    # states is kept. A stopped member's network trains on in the batch, but its kept state no longer changes.
+    stale = [0] * len(splits)
+    active = list(range(len(splits)))
     log_ema: torch.Tensor | None = None
     log_keep, log_rate = math.log1p(-ema_rate), math.log(ema_rate)
     for step in range(iterations):
-        if step % _DRAW_CHUNK == 0:  # each seed's own generator, so a seed's draws ignore the other seeds
+        if step % _DRAW_CHUNK == 0:  # each member's own generator, so its draws ignore the other members
             steps = min(_DRAW_CHUNK, iterations - step)
-            draws = torch.stack(
-                [torch.rand(2, steps, batch_size, generator=sp.gen, dtype=torch.float64) for sp in splits], 2
-            )
+            draws = torch.stack([torch.rand(2, steps, batch_size, generator=g, dtype=torch.float64) for g in gens], 2)
         pos = train_offsets + torch.minimum((draws[0, step % _DRAW_CHUNK] * train_sizes).long(), train_sizes - 1)
         partner = sampler.sample(pos.reshape(-1), draws[1, step % _DRAW_CHUNK].reshape(-1)).reshape(pos.shape)
         rows, partner_rows = train_all[pos].to(xs.device), train_all[partner].to(xs.device)
@@ -298,31 +335,150 @@ def _train_keep_best(
             1,
         )
         scores = nets(z)
-        joint, log_z = scores[:, :batch_size].mean(1), _log_mean_exp(scores[:, batch_size:])
-        # Moving average of E[e^f] in log space (Belghazi et al. 2018, sec. 3.2): the minibatch gradient of
-        # log E[e^f] is E[e^f grad f] / E[e^f]; dividing by the moving average instead of the minibatch mean
-        # removes most of that ratio's bias.
-        detached = log_z.detach()
-        log_ema = detached if log_ema is None else torch.logaddexp(log_keep + log_ema, log_rate + detached)
-        loss = (torch.exp(log_z - log_ema) - joint).sum()  # gradient: each net's corrected gradient of -(DV bound)
+        joint, marginal = scores[:, :batch_size], scores[:, batch_size:]
+        losses = []
+        if len(mine):
+            log_z = _log_mean_exp(marginal[mine])
+            # Moving average of E[e^f] in log space (Belghazi et al. 2018, sec. 3.2): the minibatch gradient of
+            # log E[e^f] is E[e^f grad f] / E[e^f]; dividing by the moving average instead of the minibatch mean
+            # removes most of that ratio's bias.
+            detached = log_z.detach()
+            log_ema = detached if log_ema is None else torch.logaddexp(log_keep + log_ema, log_rate + detached)
+            # gradient: each net's corrected gradient of -(DV bound)
+            losses.append((torch.exp(log_z - log_ema) - joint[mine].mean(1)).sum())
+        if len(smile):
+            # SMILE (Song & Ermon 2020) fits its critic by maximising the Jensen-Shannon f-GAN objective
+            # E_P[-softplus(-f)] - E_Q[softplus(f)], whose optimum is f = log p/q and whose minibatch gradients,
+            # unlike the DV bound's, carry no high-variance partition term.
+            losses.append(
+                (
+                    torch.nn.functional.softplus(-joint[smile]).mean(1)
+                    + torch.nn.functional.softplus(marginal[smile]).mean(1)
+                ).sum()
+            )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        sum(losses).backward()
         opt.step()
 
         if (step + 1) % eval_every == 0 or step + 1 == iterations:
-            stale += 1
-            for i, sp in enumerate(splits):
-                value = _dv_bound(nets, i, sp, xs, ts, sp.val, sp.val_partners)
+            for i in active:
+                sp = splits[i]
+                value = _heldout_bound(
+                    nets, i, sp, xs, ts, sp.val, sp.val_partners, clip if estimators[i] == "smile" else None
+                )
                 if value > best[i][0]:
                     best[i] = (value, [p[i].detach().clone() for p in nets.parameters()])
-                    stale = 0
-            if patience is not None and stale >= patience:
-                break
+                    stale[i] = 0
+                else:
+                    stale[i] += 1
+            if patience is not None:
+                active = [i for i in active if stale[i] < patience]
+                if not active:
+                    break
 
     with torch.no_grad():
         for i, (_, params) in enumerate(best):
             for p, kept in zip(nets.parameters(), params):
                 p[i] = kept
+
+
+def xt_mutual_information(
+    x: ArrayLike,
+    t: ArrayLike,
+    *,
+    estimators: Sequence[XTEstimator] = ("mine", "smile"),
+    hidden: int = 100,
+    lr: float = 1e-4,
+    batch_size: int = 128,
+    iterations: int = DEFAULT_MINE_ITERATIONS,
+    ema_rate: float = 0.01,
+    clip: float = DEFAULT_SMILE_CLIP,
+    heldout_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
+    eval_every: int = DEFAULT_EVAL_EVERY,
+    patience: int | None = DEFAULT_PATIENCE,
+    seeds: Sequence[int] = (0, 1, 2),
+    groups: ArrayLike | None = None,
+    marginals: Marginals = "within_group",
+    eval_shuffles: int = DEFAULT_EVAL_SHUFFLES,
+    device: str | torch.device = "cpu",
+) -> dict[str, MIEstimate]:
+    """Dependence between paired frames x: (N, dx) and t: (N, dt) in nats, by each of `estimators` over `seeds`.
+
+    Estimators (one statistics network f per estimator and seed, trained side by side):
+    - "mine" (Belghazi et al. 2018): f maximises the Donsker-Varadhan (DV) bound E_P[f] - log E_Q[e^f] with the
+      moving-average (`ema_rate`) gradient correction; the reported value is that bound, a lower bound up to
+      sampling error.
+    - "smile" (Song & Ermon 2020): f maximises the Jensen-Shannon f-GAN objective E_P[-softplus(-f)] -
+      E_Q[softplus(f)]; the reported value is the clipped DV value E_P[f] - log E_Q[clip(e^f, e^-clip, e^clip)],
+      which trades the DV bound's variance for a bias and is not a bound.
+    P is the joint distribution of (x, t) pairs, Q the product of marginals chosen by `marginals`:
+    - "within_group" (the paper's shuffling within an utterance): x_i is paired with t_j, j a random frame of i's
+      group, so Q(x, t) = sum_u p(u) p(x|u) p(t|u) with U the group (utterance). The value estimates
+      KL(p(x,t) || Q), a lower bound on the conditional mutual information I(X;T|U); dependence carried by the
+      group identity alone (speaker, channel) is left out. Without groups this is I(X;T).
+    - "pooled": the partner is a random frame of the same split, so Q = p(x) p(t) over the pooled frames and the
+      value estimates I(X;T) of the pooled frame distribution, group-level dependence included.
+    In general neither of the two quantities bounds the other.
+
+    Per seed the frames are split into train / validation / test (`heldout_fraction` test, `validation_fraction`
+    validation; whole groups when `groups` has two or more, whatever `marginals`), both sides are z-scored with
+    train statistics, and each estimator's fresh network Linear(dx+dt, hidden)-ReLU-Linear(hidden, hidden)-ReLU-
+    Linear(hidden, 1) is trained with Adam on random batches of `batch_size` joint pairs and as many marginal pairs
+    of the train frames. Every `eval_every` steps each network's value is measured on the validation frames (with
+    `eval_shuffles` fixed marginal pairings per frame); a network stops improving its kept state once its value
+    has not improved for `patience` measurements, training ends after `iterations` steps or when every network
+    has stopped, and each network's best-on-validation state gives the reported value on its untouched test
+    frames. Defaults are the MINE paper's (hidden 100, lr 1e-4, batch 128) and SMILE's clip of 5. A value is
+    deterministic for its (estimator, seed) and does not depend on the other estimators or seeds in the call.
+    """
+    xs, ts = _as_frames(x, "x"), _as_frames(t, "t")
+    if xs.shape[0] != ts.shape[0]:
+        raise ValueError(f"x has {xs.shape[0]} frames, t has {ts.shape[0]}")
+    estimators = list(estimators)
+    if not estimators or len(set(estimators)) != len(estimators) or not set(estimators) <= {"mine", "smile"}:
+        raise ValueError(f"estimators must be distinct names out of 'mine' and 'smile', got {estimators}")
+    if not seeds:
+        raise ValueError("an I(X;T) estimate needs at least one seed")
+    if iterations < 1 or eval_every < 1:
+        raise ValueError(f"iterations and eval_every must be positive, got {iterations} and {eval_every}")
+    if marginals not in ("within_group", "pooled"):
+        raise ValueError(f"marginals must be 'within_group' or 'pooled', got {marginals!r}")
+    if not clip > 0:
+        raise ValueError(f"clip must be positive, got {clip}")
+    group_ids = _as_labels(groups, xs.shape[0], "groups")
+    pooled = marginals == "pooled"
+    splits = [
+        _SeedSplit(xs, ts, group_ids, heldout_fraction, validation_fraction, eval_shuffles, int(s), device, pooled)
+        for s in seeds
+    ]
+    members = [(name, i) for name in estimators for i in range(len(seeds))]  # (estimator, seed position)
+    xs, ts = xs.to(device), ts.to(device)
+    nets = _StatisticsNets(xs.shape[1] + ts.shape[1], hidden, [int(seeds[i]) for _, i in members]).to(device)
+    member_splits = [splits[i] for _, i in members]
+    member_estimators = [name for name, _ in members]
+    _train_keep_best(
+        nets,
+        member_estimators,
+        member_splits,
+        xs,
+        ts,
+        lr=lr,
+        batch_size=batch_size,
+        iterations=iterations,
+        ema_rate=ema_rate,
+        clip=clip,
+        eval_every=eval_every,
+        patience=patience,
+    )
+    values = [
+        _heldout_bound(nets, m, sp, xs, ts, sp.test, sp.test_partners, clip if name == "smile" else None)
+        for m, (sp, name) in enumerate(zip(member_splits, member_estimators))
+    ]
+    return {
+        name: MIEstimate.from_values([v for v, est in zip(values, member_estimators) if est == name])
+        for name in estimators
+    }
 
 
 def mine_mi(
@@ -340,51 +496,73 @@ def mine_mi(
     patience: int | None = DEFAULT_PATIENCE,
     seeds: Sequence[int] = (0, 1, 2),
     groups: ArrayLike | None = None,
+    marginals: Marginals = "within_group",
     eval_shuffles: int = DEFAULT_EVAL_SHUFFLES,
     device: str | torch.device = "cpu",
 ) -> MIEstimate:
-    """I(X;T) in nats from paired frames x: (N, dx) and t: (N, dt) with MINE (Donsker-Varadhan bound).
-
-    Per seed the frames are split into train / validation / test (`heldout_fraction` test, `validation_fraction`
-    validation; whole groups when `groups` has two or more), both sides are z-scored with train statistics, and a
-    fresh statistics network Linear(dx+dt, hidden)-ReLU-Linear(hidden, hidden)-ReLU-Linear(hidden, 1) is trained
-    with Adam on random batches of `batch_size` joint pairs and as many marginal pairs, with the moving-average
-    (`ema_rate`) gradient correction. Every `eval_every` steps the bound is measured on the validation frames;
-    training stops after `iterations` steps, or when no network has improved for `patience` measurements, and each
-    network's best-on-validation state gives the reported bound on its untouched test frames. Marginal pairs match
-    each x frame with a random t frame of the same group (`groups`, e.g. utterance ids; all frames form one group
-    when None). Defaults are the paper's (hidden 100, lr 1e-4, batch 128). A seed's value is deterministic and
-    does not depend on the other seeds in the call.
-    """
-    xs, ts = _as_frames(x, "x"), _as_frames(t, "t")
-    if xs.shape[0] != ts.shape[0]:
-        raise ValueError(f"x has {xs.shape[0]} frames, t has {ts.shape[0]}")
-    if not seeds:
-        raise ValueError("mine_mi needs at least one seed")
-    if iterations < 1 or eval_every < 1:
-        raise ValueError(f"iterations and eval_every must be positive, got {iterations} and {eval_every}")
-    group_ids = _as_labels(groups, xs.shape[0], "groups")
-    splits = [
-        _SeedSplit(xs, ts, group_ids, heldout_fraction, validation_fraction, eval_shuffles, int(s), device)
-        for s in seeds
-    ]
-    xs, ts = xs.to(device), ts.to(device)
-    nets = _StatisticsNets(xs.shape[1] + ts.shape[1], hidden, seeds).to(device)
-    _train_keep_best(
-        nets,
-        splits,
-        xs,
-        ts,
+    """MINE's Donsker-Varadhan estimate alone: `xt_mutual_information(..., estimators=("mine",))["mine"]`, whose
+    docstring says what is estimated (in particular under `marginals`)."""
+    return xt_mutual_information(
+        x,
+        t,
+        estimators=("mine",),
+        hidden=hidden,
         lr=lr,
         batch_size=batch_size,
         iterations=iterations,
         ema_rate=ema_rate,
+        heldout_fraction=heldout_fraction,
+        validation_fraction=validation_fraction,
         eval_every=eval_every,
         patience=patience,
-    )
-    return MIEstimate.from_values(
-        [_dv_bound(nets, i, sp, xs, ts, sp.test, sp.test_partners) for i, sp in enumerate(splits)]
-    )
+        seeds=seeds,
+        groups=groups,
+        marginals=marginals,
+        eval_shuffles=eval_shuffles,
+        device=device,
+    )["mine"]
+
+
+def smile_mi(
+    x: ArrayLike,
+    t: ArrayLike,
+    *,
+    hidden: int = 100,
+    lr: float = 1e-4,
+    batch_size: int = 128,
+    iterations: int = DEFAULT_MINE_ITERATIONS,
+    clip: float = DEFAULT_SMILE_CLIP,
+    heldout_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
+    eval_every: int = DEFAULT_EVAL_EVERY,
+    patience: int | None = DEFAULT_PATIENCE,
+    seeds: Sequence[int] = (0, 1, 2),
+    groups: ArrayLike | None = None,
+    marginals: Marginals = "within_group",
+    eval_shuffles: int = DEFAULT_EVAL_SHUFFLES,
+    device: str | torch.device = "cpu",
+) -> MIEstimate:
+    """SMILE's clipped estimate alone: `xt_mutual_information(..., estimators=("smile",))["smile"]`, whose
+    docstring says what is estimated (in particular under `marginals`)."""
+    return xt_mutual_information(
+        x,
+        t,
+        estimators=("smile",),
+        hidden=hidden,
+        lr=lr,
+        batch_size=batch_size,
+        iterations=iterations,
+        clip=clip,
+        heldout_fraction=heldout_fraction,
+        validation_fraction=validation_fraction,
+        eval_every=eval_every,
+        patience=patience,
+        seeds=seeds,
+        groups=groups,
+        marginals=marginals,
+        eval_shuffles=eval_shuffles,
+        device=device,
+    )["smile"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -406,10 +584,21 @@ def plugin_mi(a: ArrayLike, b: ArrayLike) -> float:
     return _entropy_mm(np.bincount(a_codes)) + _entropy_mm(np.bincount(b_codes)) - _entropy_mm(np.bincount(pair_codes))
 
 
-def _plugin_one_seed(t_fit: np.ndarray, t_held: np.ndarray, y_held: np.ndarray, n_clusters: int, seed: int) -> float:
+def _plugin_one_seed(
+    t_fit: np.ndarray,
+    t_held: np.ndarray,
+    y_held: np.ndarray,
+    n_clusters: int,
+    seed: int,
+    n_shuffles: int,
+    rng: np.random.Generator,
+) -> float:
     km = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=3, batch_size=4096)
     km.fit(t_fit)
-    return plugin_mi(km.predict(t_held), y_held)
+    codes = km.predict(t_held)
+    # Against permuted labels (same marginals, no dependence) the plug-in value is pure small-sample bias.
+    null = [plugin_mi(codes, rng.permutation(y_held)) for _ in range(n_shuffles)]
+    return plugin_mi(codes, y_held) - (float(np.mean(null)) if null else 0.0)
 
 
 def _probe_one_seed(
@@ -434,6 +623,9 @@ def discrete_mi(
     *,
     method: Literal["plugin", "probe"] = "plugin",
     n_clusters: int = 100,
+    bias_correction: Literal["shuffle", "none"] = "shuffle",
+    n_shuffles: int = DEFAULT_PLUGIN_SHUFFLES,
+    min_cell_count: float = DEFAULT_PLUGIN_MIN_CELL_COUNT,
     probe_c: float = 1.0,
     heldout_fraction: float = 0.2,
     seeds: Sequence[int] = (0, 1, 2),
@@ -443,10 +635,16 @@ def discrete_mi(
 
     Per seed, frames are split into fit / held-out (whole groups held out when `groups` has two or more) and T is
     z-scored with fit-split statistics. Then
-    - "plugin": MiniBatchKMeans with `n_clusters` codes is fitted on the fit split; the held-out frames' codes and
-      labels give `plugin_mi` (Miller-Madow corrected). Quantisation can only lose information, so up to the
-      small-sample error this is a lower bound that tightens with more clusters, while the plug-in error grows
-      with clusters x labels / held-out frames: keep n_clusters x labels well below the held-out frame count.
+    - "plugin": MiniBatchKMeans codes are fitted on the fit split; the held-out frames' codes and labels give
+      `plugin_mi` (Miller-Madow corrected). Quantisation can only lose information, so up to the small-sample
+      error this is a lower bound that tightens with more codes, while the plug-in error (upward) grows with
+      codes x labels / held-out frames. Two guards keep that error small: the codes are at most `n_clusters` and
+      at most held-out frames / (`min_cell_count` x labels), so that a code-label cell expects `min_cell_count`
+      frames on average; and with `bias_correction="shuffle"` the mean `plugin_mi` of the held-out codes against
+      `n_shuffles` random permutations of the held-out labels (the seed's generator), the bias of independent
+      codes and labels with the same marginals, is subtracted. The shuffle alone falls short when many
+      code-label pairs are rare (a dependent table has more rare cells than its shuffles), hence the cap.
+      "none" keeps the Miller-Madow value.
     - "probe": a multinomial logistic regression (inverse regularisation `probe_c`) is fitted on the fit split;
       H(Y) - CE, with H(Y) the Miller-Madow entropy of the held-out labels and CE the probe's held-out
       cross-entropy, is a lower bound (any predictor's cross-entropy is at least H(Y|T)); it is tight when the
@@ -457,15 +655,25 @@ def discrete_mi(
     group_ids = _as_labels(groups, ts.shape[0], "groups")
     if method not in ("plugin", "probe"):
         raise ValueError(f"method must be 'plugin' or 'probe', got {method!r}")
+    if bias_correction not in ("shuffle", "none"):
+        raise ValueError(f"bias_correction must be 'shuffle' or 'none', got {bias_correction!r}")
+    if bias_correction == "shuffle" and n_shuffles < 1:
+        raise ValueError(f"a shuffle correction needs n_shuffles >= 1, got {n_shuffles}")
+    if min_cell_count < 0:
+        raise ValueError(f"min_cell_count must be non-negative, got {min_cell_count}")
     n_labels = len(np.unique(y_np))
     values = []
     for seed in seeds:
-        fit, held = _split(np.arange(ts.shape[0]), heldout_fraction, group_ids, np.random.default_rng(int(seed)))
+        rng = np.random.default_rng(int(seed))
+        fit, held = _split(np.arange(ts.shape[0]), heldout_fraction, group_ids, rng)
         mean, std = ts[fit].mean(0), ts[fit].std(0).clamp_min(1e-8)
         # float64: on float32 input sklearn's k-means++ takes a much slower, upcasting distance path
         t_fit, t_held = ((ts[fit] - mean) / std).double().numpy(), ((ts[held] - mean) / std).double().numpy()
         if method == "plugin":
-            values.append(_plugin_one_seed(t_fit, t_held, y_np[held], n_clusters, int(seed)))
+            shuffles = n_shuffles if bias_correction == "shuffle" else 0
+            cap = int(len(held) / (min_cell_count * n_labels)) if min_cell_count > 0 else n_clusters
+            codes = max(2, min(n_clusters, cap))
+            values.append(_plugin_one_seed(t_fit, t_held, y_np[held], codes, int(seed), shuffles, rng))
         else:
             values.append(_probe_one_seed(t_fit, t_held, y_np[fit], y_np[held], probe_c, n_labels))
     return MIEstimate.from_values(values)

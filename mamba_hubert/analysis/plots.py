@@ -10,13 +10,19 @@ import matplotlib.pyplot as plt
 
 def plot_mi_curves(results: dict[str, list[dict]], path: Path, key: str = "mi_xt",
                    ylabel: str = "I(X; T_i) [nats], MINE") -> None:
-    """MI against layer index for every model, error bars = spread over seeds."""
+    """MI against depth for every model, error bars = spread over seeds; for a model with a downstream encoder, a
+    dashed line in its colour where the head's layers start."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, rows in results.items():
         rows = [r for r in rows if key in r]
-        ax.errorbar([r["layer"] for r in rows], [r[key]["mean"] for r in rows], yerr=[r[key]["std"] for r in rows],
-                    marker="o", capsize=3, label=name)
-    ax.set_xlabel("encoder layer")
+        line = ax.errorbar([r["layer"] for r in rows], [r[key]["mean"] for r in rows],
+                           yerr=[r[key]["std"] for r in rows], marker="o", capsize=3, label=name)
+        head = [r["layer"] for r in rows if r.get("stage") == "head"]
+        if head and head[0] > 1:
+            ax.axvline(head[0] - 0.5, linestyle="--", alpha=0.6, color=line.lines[0].get_color())
+            ax.annotate("head", (head[0] - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                        textcoords="offset points", fontsize=7, color=line.lines[0].get_color())
+    ax.set_xlabel("layer (upstream, then head where a dashed line marks it)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -13,7 +13,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask, LabelEncoder
 from omegaconf import II
 
-from mamba_hubert.analysis.layerwise import layerwise_mi
+from mamba_hubert.analysis.layerwise import XT_KEYS, layerwise_mi
 from mamba_hubert.data.check import validate_or_raise
 from mamba_hubert.models.seeded_masks import seeded_span_masks
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
@@ -28,7 +28,8 @@ class MambaHubertPretrainingConfig(HubertPretrainingConfig):
         default=False, metadata={"help": "also decode float audio to look for NaN/Inf (slower)"})
     mi_interval_updates: int = field(
         default=0, metadata={"help": "every this many updates, at validation, log I(X;T_i) of every encoder layer "
-                                     "(MINE on a fixed probe set) as valid mi_xt_layer<i>; 0 = off"})
+                                     "(MINE and SMILE on a fixed probe set) as valid mi_xt_layer<i> and "
+                                     "mi_xt_smile_layer<i>; 0 = off"})
     mi_probe_subset: str = field(default="valid", metadata={"help": "split whose first utterances are the probe set"})
     mi_probe_utterances: int = field(default=8, metadata={"help": "utterances in the MI probe set"})
     mi_max_frames: int = field(default=2000, metadata={"help": "frames per MI estimate (subsampled)"})
@@ -148,18 +149,19 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
         return loss, sample_size, logging_output
 
     def probe_mutual_information(self, model) -> dict:
-        """{"mi_xt_layer<i>": MINE estimate of I(X;T_i) in nats} on the fixed probe set."""
+        """{"mi_xt_layer<i>": MINE's and "mi_xt_smile_layer<i>": SMILE's estimate of I(X;T_i) in nats} on the fixed
+        probe set (marginal pairs within an utterance, as `mamba-hubert-mi`'s default)."""
         dataset = self.datasets[self.cfg.mi_probe_subset]
         count = min(self.cfg.mi_probe_utterances, len(dataset))
         waves = [dataset.get_audio(i).numpy() for i in range(count)]
         with torch.enable_grad():  # fairseq validates under no_grad; MINE trains its statistics networks
             rows = layerwise_mi(model, waves, seeds=range(self.cfg.mi_seeds),
                                 mine_iterations=self.cfg.mi_mine_iterations, max_frames=self.cfg.mi_max_frames)
-        return {f"mi_xt_layer{row['layer']}": row["mi_xt"]["mean"] for row in rows}
+        return {f"{key}_layer{row['layer']}": row[key]["mean"] for row in rows for key in XT_KEYS.values()}
 
     def reduce_metrics(self, logging_outputs, criterion) -> None:
         super().reduce_metrics(logging_outputs, criterion)
-        for key in sorted({k for log in logging_outputs for k in log if k.startswith("mi_xt_layer")}):
+        for key in sorted({k for log in logging_outputs for k in log if k.startswith("mi_xt")}):
             values = [log[key] for log in logging_outputs if key in log]
             metrics.log_scalar(key, sum(values) / len(values), round=3)
 
