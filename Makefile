@@ -1,8 +1,10 @@
-# The README's two commands: `make demo` (the whole pipeline on a generated corpus) and `make test`.
+# The README's two commands: `make demo` (the whole pipeline on a generated corpus) and `make test`;
+# `make paper`: the paper's comparison (a linear vs a Conformer head, a reconstruction-task Mamba, MI through each).
 PYTHON ?= .venv/bin/python
 DEMO_DIR ?= runs/demo
+PAPER_DIR ?= runs/paper
 
-.PHONY: demo test lint system-deps bench
+.PHONY: demo paper test lint system-deps bench
 
 .venv/.installed: scripts/setup_venv.sh setup.py
 	bash scripts/setup_venv.sh
@@ -12,6 +14,9 @@ system-deps:
 
 demo: .venv/.installed system-deps
 	$(PYTHON) -m mamba_hubert.demo --out $(DEMO_DIR)
+
+paper: .venv/.installed system-deps
+	$(PYTHON) -m mamba_hubert.demo.paper --out $(PAPER_DIR)
 
 test: .venv/.installed system-deps
 	$(PYTHON) -m pytest -q tests

@@ -18,6 +18,7 @@ setup(
             "mamba-hubert-corpus=mamba_hubert.data.corpus:main",
             "mamba-hubert-check=mamba_hubert.data.check:main",
             "mamba-hubert-mi=mamba_hubert.analysis.cli:main",
+            "mamba-hubert-paper=mamba_hubert.demo.paper:main",
         ]
     },
 )

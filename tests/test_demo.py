@@ -1,10 +1,14 @@
-"""The demo refuses to reuse a corpus built for another size or seed instead of silently training on it."""
+"""The end-to-end jobs: the demo refuses to reuse a corpus built for another size or seed instead of silently training
+on it; its report states each model's updates; the job scheduler respects dependencies and the worker limit."""
 
 import json
+import threading
+import time
 
 import pytest
 
-from mamba_hubert.demo import run_demo
+from mamba_hubert.demo.common import run_jobs
+from mamba_hubert.demo.main_job import run_demo, write_report
 
 
 @pytest.mark.parametrize("minutes, seed", [(60.0, 2), (30.0, 1)])
@@ -19,15 +23,46 @@ def test_refuses_a_corpus_built_with_other_settings(tmp_path, minutes, seed):
 
 
 def test_report_states_each_models_pretraining_updates(tmp_path):
-    from mamba_hubert.demo import write_report
-
     results = {"Mamba-HuBERT (ConBiMamba)": {"config": "tiny_conbimamba", "params": 1.6e6, "test_wer": 80.0,
                                              "test_wer_lm": 60.0, "valid_uer": 35.0},
                "Mamba-HuBERT (ExtBiMamba)": {"config": "tiny_ext_bimamba", "params": 1.6e6}}
     corpus = {"splits": {"train": {"utterances": 10, "minutes": 1.0}},
               "lm": {"sentences": 5, "lexicon_words": 9, "test_oov_percent": 1.0}}
-    mi = {"seeds": [0], "utterances": 4, "layers": {}}
+    mi = {"seeds": [0], "utterances": 4, "layers": {}, "verdicts": {}}
     args = (tmp_path, results, mi, corpus, {"corpus": 1.0}, 2.0)
     report = write_report(*args, 2000, 1000, 1500, 100).read_text()
     assert "Pretraining: 2000 updates (`tiny_ext_bimamba`, pretrained only for the MI comparison: 1000)" in report
     assert "Pretraining: 2000 updates;" in write_report(*args, 2000, 2000, 1500, 100).read_text()
+
+
+def test_run_jobs_follows_dependencies_and_the_worker_limit():
+    events, lock, active = [], threading.Lock(), [0]
+
+    def job(name):
+        def run():
+            with lock:
+                active[0] += 1
+                events.append(("start", name, active[0]))
+            time.sleep(0.05)
+            with lock:
+                active[0] -= 1
+                events.append(("end", name))
+            return name.upper()
+        return run
+
+    graph = {"a": ((), job("a")), "b": (("a",), job("b")), "c": ((), job("c")), "d": (("b", "c"), job("d"))}
+    assert run_jobs(graph, workers=2) == {"a": "A", "b": "B", "c": "C", "d": "D"}
+    order = [e[1] for e in events]
+    for before, after in (("a", "b"), ("b", "d"), ("c", "d")):
+        assert events.index(("end", before)) < order.index(after)
+    assert max(e[2] for e in events if e[0] == "start") == 2
+
+
+def test_run_jobs_raises_a_jobs_error_and_refuses_unknown_dependencies():
+    def fail():
+        raise RuntimeError("fairseq-hydra-train failed")
+
+    with pytest.raises(RuntimeError, match="fairseq-hydra-train failed"):
+        run_jobs({"a": ((), fail), "b": (("a",), lambda: 1)})
+    with pytest.raises(ValueError, match="undefined jobs"):
+        run_jobs({"a": (("missing",), lambda: 1)})

@@ -12,6 +12,9 @@ from mamba_hubert.analysis.capture import capture_layer_frames
 from mamba_hubert.analysis.estimators import Marginals, MIEstimate, discrete_mi, xt_mutual_information
 from mamba_hubert.analysis.verdict import curve_verdict
 
+# Frame labels an utterance may have beyond its model's frames (a model framing its steps differently, e.g. log-mel
+# frames stacked in pairs, can end one frame before HuBERT's conv arithmetic does).
+LABEL_FRAMES_TOLERANCE = 2
 # row key of each I(X;T) estimator family
 XT_KEYS = {"mine": "mi_xt", "smile": "mi_xt_smile"}
 # What the I(X;T) value estimates under each choice of marginal (product) pairs, for reports.
@@ -51,9 +54,11 @@ def layerwise_mi(
     y = None
     if labels is not None:
         for u, (inputs, label) in enumerate(zip(frames.inputs, labels)):
-            if len(label) != len(inputs):
+            if not len(inputs) <= len(label) <= len(inputs) + LABEL_FRAMES_TOLERANCE:
                 raise ValueError(f"utterance {u}: {len(label)} frame labels for {len(inputs)} frames")
-        y = np.concatenate(labels)
+        # frame labels at the same rate and start, longer by the tolerance at most: trimmed at the end, as fairseq's
+        # HuBERT trims its targets
+        y = np.concatenate([label[: len(inputs)] for inputs, label in zip(frames.inputs, labels)])
     keep = slice(None)
     if max_frames is not None and len(x) > max_frames:
         keep = slice(None, None, -(-len(x) // max_frames))

@@ -28,6 +28,10 @@ import numpy as np
 from scipy.stats import t as student_t
 
 Shape = Literal["falls then rises", "falls", "rises", "flat"]
+# The rule in a sentence, for reports.
+RULE_SUMMARY = ("per seed, the fall from the first layer to the minimum and the rise from the minimum to the last "
+                "layer (the minimum chosen from the other seeds); each counts when its mean over seeds exceeds "
+                "both a one-sided Student-t bound (alpha 0.025) in standard errors and 0.05 nats")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,3 @@
+from mamba_hubert.demo.main_job import main
+
+main()

@@ -1,0 +1,163 @@
+"""What both end-to-end jobs do alike: build the corpus and its labels and LM, run jobs two at a time, decode a
+fine-tuned model, run `mamba-hubert-mi` on a checkpoint, and read fairseq's json logs."""
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from mamba_hubert.data.corpus import build_corpus
+from mamba_hubert.data.kmeans import run_kmeans
+from mamba_hubert.data.mfcc import dump_mfcc
+from mamba_hubert.data.ngram_lm import build_arpa
+from mamba_hubert.pipeline import generate_wer, run_console_script
+
+SPLITS = ("train", "valid", "test")
+# Lexicon + LM decoding: chosen on the valid split of a development run of the demo (grid 1-6 x -1-3).
+LM_WEIGHT = 2.0
+WORD_SCORE = 0.0
+_JSON_LOG = re.compile(r"\[(train_inner|train|valid)\]\[INFO\] - (\{.*\})")
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def prefixed(name: str) -> Callable[[str], None]:
+    """A progress printer tagging each line with the run it comes from (two runs print side by side)."""
+    return lambda line: log(f"[{name}] {line}")
+
+
+def timed(times: dict[str, float], name: str, step: Callable, *args):
+    """Runs one stage, logging its start and wall time into `times`."""
+    log(f"== {name}")
+    start = time.time()
+    result = step(*args)
+    times[name] = time.time() - start
+    log(f"== {name}: {times[name]:.0f} s")
+    return result
+
+
+def read_metrics(log_text: str) -> dict[str, list[dict]]:
+    """fairseq's json log lines, by kind (train_inner, train, valid)."""
+    metrics: dict[str, list[dict]] = {"train_inner": [], "train": [], "valid": []}
+    for kind, payload in _JSON_LOG.findall(log_text):
+        metrics[kind].append(json.loads(payload))
+    return metrics
+
+
+def plot_curves(curves: dict[str, dict[str, list[dict]]], key: str, kind: str, ylabel: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x_key = "valid_num_updates" if kind == "valid" else "num_updates"
+    for name, metrics in curves.items():
+        rows = [r for r in metrics[kind] if key in r and x_key in r]
+        ax.plot([float(r[x_key]) for r in rows], [float(r[key]) for r in rows], label=name)
+    ax.set_xlabel("update")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """The corpus (manifests, letter transcripts, phone labels, LM text, lexicon), its iteration-1 k-means labels and
+    the lexicon + LM decoder flags."""
+
+    corpus: Path
+    labels: Path
+    lm_decoding: tuple[str, ...]
+
+
+def prepare_data(out: Path, minutes: float, seed: int, clusters: int, jobs: int, times: dict[str, float]) -> DemoData:
+    """The corpus (reused when `out` already has one built with the same size and seed), MFCC k-means labels and a
+    3-gram LM."""
+    corpus, mfcc_dir, labels = out / "corpus", out / "features" / "mfcc", out / "labels" / "iter1"
+
+    def make_corpus() -> None:
+        if (corpus / "corpus.json").exists():
+            if not (corpus / "lm.txt").exists():
+                raise SystemExit(f"{corpus} was built by an older version (it has no lm.txt): remove it, or "
+                                 "choose another --out")
+            built = json.loads((corpus / "corpus.json").read_text())
+            if (built.get("minutes_requested"), built.get("seed")) != (minutes, seed):
+                raise SystemExit(f"{corpus} was built with --minutes {built.get('minutes_requested')} --seed "
+                                 f"{built.get('seed')}, not {minutes:g} / {seed}: remove it, or choose another --out")
+            log(f"reusing {corpus}")
+        else:
+            build_corpus(str(corpus), minutes, jobs=jobs, seed=seed, log=log)
+
+    def make_labels() -> None:
+        for split in SPLITS:
+            dump_mfcc(str(corpus), split, str(mfcc_dir), 1, 0)
+        run_kmeans(str(mfcc_dir), str(labels), SPLITS, clusters, seed=seed, n_init=5)
+
+    timed(times, "corpus", make_corpus)
+    timed(times, "MFCC + k-means labels", make_labels)
+    lm = timed(times, "3-gram LM (IRSTLM)", build_arpa, corpus / "lm.txt", corpus / "lm.arpa")
+    lm_decoding = ("--ctc-lexicon", str(corpus / "lexicon.txt"), "--ctc-lm", str(lm), "--ctc-lm-weight",
+                   f"{LM_WEIGHT:g}", "--ctc-word-score", f"{WORD_SCORE:g}")
+    return DemoData(corpus, labels, lm_decoding)
+
+
+def decode_test(data: DemoData, checkpoint: Path, model_dir: Path, echo: Callable[[str], None],
+                times: dict[str, float], name: str) -> tuple[float, float]:
+    """Test WER of a fine-tuned checkpoint by fairseq-generate: (greedy, lexicon + LM)."""
+    wer = timed(times, f"decode {name}", generate_wer, data.corpus, data.corpus, checkpoint, "test",
+                model_dir / "generate_test.log", echo, 1)
+    wer_lm = timed(times, f"decode {name} with lexicon + LM", generate_wer, data.corpus, data.corpus, checkpoint,
+                   "test", model_dir / "generate_test_lm.log", echo, 1, data.lm_decoding)
+    return wer, wer_lm
+
+
+def layerwise_mi_of(checkpoint: Path, name: str, part_dir: Path, data_args: Sequence[str],
+                    times: dict[str, float]) -> dict:
+    """One checkpoint's layer-wise MI: `mamba-hubert-mi` on one thread, into `part_dir`; its mi.json."""
+    timed(times, f"mutual information: {name}", run_console_script, [
+        "mamba-hubert-mi", "--checkpoint", str(checkpoint), "--name", name, "--out", str(part_dir), *data_args,
+    ], part_dir / "mi.log", None, 1)
+    return json.loads((part_dir / "mi.json").read_text())
+
+
+def merge_mi_parts(parts: dict[str, dict]) -> dict:
+    """One mi.json record from per-checkpoint ones (each written by `mamba-hubert-mi` for one name), in order."""
+    first = next(iter(parts.values()))
+    merged = {key: first[key] for key in ("subset", "utterances", "seeds", "marginals", "xt_quantity")}
+    for field in ("checkpoints", "layers", "verdicts"):
+        merged[field] = {name: part[field][name] for name, part in parts.items()}
+    return merged
+
+
+def run_jobs(jobs: dict[str, tuple[Sequence[str], Callable[[], object]]], workers: int = 2) -> dict[str, object]:
+    """Runs every job once the jobs it depends on have finished, `workers` at a time; among the jobs ready to start,
+    the one listed first goes first. {name: (dependencies, function)} -> {name: result}. A failing job stops the
+    rest (those running finish) and its error is raised."""
+    results: dict[str, object] = {}
+    pending = dict(jobs)
+    running = {}
+    unknown = {dep for deps, _ in jobs.values() for dep in deps} - set(jobs)
+    if unknown:
+        raise ValueError(f"jobs depend on undefined jobs: {sorted(unknown)}")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending or running:
+            for name in [n for n, (deps, _) in pending.items() if all(d in results for d in deps)]:
+                if len(running) == workers:
+                    break
+                running[pool.submit(pending.pop(name)[1])] = name
+            if not running:
+                raise ValueError(f"jobs wait on each other: {sorted(pending)}")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                results[name] = future.result()
+    return results

@@ -1,0 +1,230 @@
+"""The main job: corpus -> MFCC k-means labels -> pretrain tiny Mamba-HuBERTs and a tiny Transformer HuBERT
+(fairseq-hydra-train) -> fine-tune with fairseq's hubert_ctc -> decode the held-out test split with
+fairseq-generate (greedy, and lexicon + 3-gram LM) -> layer-wise mutual information -> runs/demo/report.md.
+
+    python -m mamba_hubert.demo --out runs/demo
+"""
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
+from mamba_hubert.analysis.verdict import RULE_SUMMARY
+from mamba_hubert.demo.common import (
+    LM_WEIGHT,
+    WORD_SCORE,
+    decode_test,
+    layerwise_mi_of,
+    log,
+    merge_mi_parts,
+    plot_curves,
+    prefixed,
+    prepare_data,
+    read_metrics,
+    run_jobs,
+    timed,
+)
+from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters
+from mamba_hubert.pipeline import hydra_train
+
+# title -> (pretraining config, fine-tuned and decoded?)
+MODELS = {
+    "Mamba-HuBERT (ConBiMamba)": ("tiny_conbimamba", True),
+    "Transformer HuBERT": ("tiny_transformer", True),
+    "Mamba-HuBERT (ExtBiMamba)": ("tiny_ext_bimamba", False),
+}
+
+
+def mi_verdict(mi: dict) -> list[str]:
+    """The report's plain statement of whether the paper's two MI patterns show in these models."""
+    shapes = {name: verdicts["mine"]["verdict"] for name, verdicts in mi["verdicts"].items() if "mine" in verdicts}
+    alone = [n for n in shapes if n.startswith("Mamba") and "CTC" not in n]
+    with_head = [n for n in shapes if n.startswith("Mamba") and "CTC" in n]
+
+    def listing(names: list[str]) -> str:
+        return "; ".join(f"{n}: {shapes[n]}" for n in names) or "no such model in this run"
+
+    lines = [
+        f"The paper's first pattern, I(X;T_i) falling layer by layer in Mamba-HuBERT alone: {listing(alone)}.",
+        "",
+        ("Its second, a fall then a rise when the model is followed by a module that reconstructs its input (the "
+         f"paper's Conformer head): {listing(with_head)}. `hubert_ctc`'s head is one linear layer, which "
+         "reconstructs nothing, so no rise is what the paper predicts for it; `mamba-hubert-paper` runs the "
+         "comparison with a Conformer head."),
+    ]
+    if any(r.get("mi_ty", {}).get("mean", 0.0) < 0 for rows in mi["layers"].values() for r in rows):
+        lines += ["", ("A negative I(T_i;Y) is a probe that did worse on held-out frames than the label prior: "
+                       "no measurable phone information (mutual information itself is never negative).")]
+    return lines
+
+
+def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates: int, clusters: int,
+             jobs: int, seed: int, pretrain_only_updates: int) -> Path:
+    """The whole chain into `out`; models that are only pretrained (for the MI comparison) take
+    `pretrain_only_updates`."""
+    out = out.resolve()
+    times: dict[str, float] = {}
+    demo_start = time.time()
+    data = prepare_data(out, minutes, seed, clusters, jobs, times)
+    mi_args = ["--data", str(data.corpus), "--subset", "test", "--max-utterances", "40", "--max-frames", "2500",
+               "--mine-iterations", "1500"]  # sized to keep the demo within 30 minutes
+
+    def pretrain(title: str, config: str, finetuned: bool) -> dict:
+        pretrained = out / "models" / config / "pretrain" / "checkpoint_best.pt"
+        text = timed(times, f"pretrain {config}", hydra_train, f"pretrain/{config}", [
+            f"task.data={data.corpus}", f"task.label_dir={data.labels}", f"checkpoint.save_dir={pretrained.parent}",
+            f"optimization.max_update={pretrain_updates if finetuned else pretrain_only_updates}",
+            "common.log_format=json", f"common.seed={seed}",
+        ], out / "models" / config / "pretrain.log", prefixed(config), 1)
+        return {"pretrained": pretrained, "pretrain_curves": read_metrics(text),
+                "params": count_parameters(build_from_config(DEFAULT_CONFIG_DIR, config, clusters))["total"]}
+
+    def finetune(config: str) -> dict:
+        checkpoint = out / "models" / config / "finetune" / "checkpoint_best.pt"
+        text = timed(times, f"fine-tune {config}", hydra_train, "finetune/tiny_ctc", [
+            f"task.data={data.corpus}", f"task.label_dir={data.corpus}", f"checkpoint.save_dir={checkpoint.parent}",
+            f"model.w2v_path={out / 'models' / config / 'pretrain' / 'checkpoint_best.pt'}",
+            f"optimization.max_update={finetune_updates}", "common.log_format=json", f"common.seed={seed}",
+        ], out / "models" / config / "finetune.log", prefixed(config), 1)
+        curves = read_metrics(text)
+        return {"checkpoint": checkpoint, "finetune_curves": curves,
+                "valid_uer": min(float(row["valid_uer"]) for row in curves["valid"])}
+
+    def decode(title: str, config: str) -> dict:
+        wer, wer_lm = decode_test(data, out / "models" / config / "finetune" / "checkpoint_best.pt",
+                                  out / "models" / config, prefixed(config), times, config)
+        log(f"{title}: test WER {wer:.2f}% greedy, {wer_lm:.2f}% with lexicon + LM")
+        return {"test_wer": wer, "test_wer_lm": wer_lm}
+
+    def analyse(name: str, checkpoint: Path, part: str) -> dict:
+        return layerwise_mi_of(checkpoint, name, out / "mi" / "parts" / part, mi_args, times)
+
+    # Two jobs at a time, one thread each: on 2 cores ~1.4x faster than one job on 2 threads, while a third
+    # process halves the throughput. A model's MI starts as soon as its checkpoint exists and a core is free.
+    graph = {}
+    for title, (config, finetuned) in MODELS.items():
+        graph[f"pretrain {config}"] = ((), lambda t=title, c=config, f=finetuned: pretrain(t, c, f))
+        if finetuned:
+            graph[f"fine-tune {config}"] = ((f"pretrain {config}",), lambda c=config: finetune(c))
+    for title, (config, finetuned) in MODELS.items():
+        if finetuned:
+            graph[f"decode {config}"] = ((f"fine-tune {config}",), lambda t=title, c=config: decode(t, c))
+    mi_order = []
+    for title, (config, finetuned) in MODELS.items():
+        checkpoint = out / "models" / config / "pretrain" / "checkpoint_best.pt"
+        graph[f"MI {title}"] = ((f"pretrain {config}",), lambda t=title, ck=checkpoint, c=config: analyse(t, ck, c))
+        mi_order.append(title)
+        if finetuned:
+            checkpoint = out / "models" / config / "finetune" / "checkpoint_best.pt"
+            name = f"{title} + CTC"
+            graph[f"MI {name}"] = ((f"fine-tune {config}",),
+                                   lambda n=name, ck=checkpoint, c=config: analyse(n, ck, f"{c}_ctc"))
+            mi_order.append(name)
+    start = time.time()
+    done = run_jobs(graph)
+    times["models and MI (side by side)"] = time.time() - start
+
+    results, pretrain_curves, finetune_curves = {}, {}, {}
+    for title, (config, finetuned) in MODELS.items():
+        chain = {**done[f"pretrain {config}"]}
+        if finetuned:
+            chain.update(done[f"fine-tune {config}"], **done[f"decode {config}"])
+            finetune_curves[title] = chain["finetune_curves"]
+        pretrain_curves[title] = chain["pretrain_curves"]
+        results[title] = {"config": config, **{k: chain[k] for k in ("params", "test_wer", "test_wer_lm", "valid_uer")
+                                               if k in chain}}
+        if finetuned:
+            results[title]["checkpoint"] = str(chain["checkpoint"])
+    mi = merge_mi_parts({name: done[f"MI {name}"] for name in mi_order})
+    write_mi_outputs(out / "mi", mi)
+
+    plot_curves(pretrain_curves, "loss", "train_inner", "pretraining loss (train)", out / "pretrain_loss.png")
+    plot_curves(finetune_curves, "loss", "train_inner", "CTC loss (train)", out / "finetune_loss.png")
+    plot_curves(finetune_curves, "valid_uer", "valid", "valid letter error rate (%)", out / "finetune_valid_uer.png")
+    plot_curves(finetune_curves, "valid_wer", "valid", "valid WER (%)", out / "finetune_valid_wer.png")
+    (out / "results.json").write_text(
+        json.dumps({"models": results, "wall_seconds": times, "total_seconds": time.time() - demo_start}, indent=2)
+        + "\n")
+    report = write_report(out, results, mi, json.loads((data.corpus / "corpus.json").read_text()), times,
+                          time.time() - demo_start, pretrain_updates, pretrain_only_updates, finetune_updates, clusters)
+    log(f"report: {report}")
+    return report
+
+
+def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[str, float], total_seconds: float,
+                 pretrain_updates: int, pretrain_only_updates: int, finetune_updates: int, clusters: int) -> Path:
+    splits = ", ".join(f"{s} {v['utterances']} utterances / {v['minutes']} min" for s, v in corpus["splits"].items())
+    only = [r["config"] for r in results.values() if "test_wer" not in r]
+    if only and pretrain_only_updates != pretrain_updates:
+        pretraining = (f"{pretrain_updates} updates ({', '.join(f'`{c}`' for c in only)}, pretrained only for the MI "
+                       f"comparison: {pretrain_only_updates})")
+    else:
+        pretraining = f"{pretrain_updates} updates"
+    lines = [
+        "# mamba-hubert demo report", "",
+        f"Corpus (synthetic TTS speech): {splits}. Test voices and sentences are held out of training.",
+        (f"Labels: k-means ({clusters} clusters) on MFCC at 100 Hz. Pretraining: {pretraining}; "
+         f"CTC fine-tuning (fairseq `hubert_ctc`): {finetune_updates} updates. The test split decoded with "
+         "`fairseq-generate --scoring wer`: greedy, and a lexicon + 3-gram LM beam search (flashlight-text; "
+         f"the LM estimated by IRSTLM on {corpus['lm']['sentences']} sentences of the text pool's training share, "
+         f"never a valid or test sentence; {corpus['lm']['lexicon_words']} lexicon words, "
+         f"{corpus['lm']['test_oov_percent']}% of test words outside it; LM weight {LM_WEIGHT:g}, word score "
+         f"{WORD_SCORE:g}). Letter error: the best valid-split letter error rate fairseq logged during fine-tuning."),
+        "",
+        "| model | config | parameters | test WER (greedy) | test WER (lexicon + LM) | valid letter error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for title, r in results.items():
+        if "test_wer" in r:
+            scores = f"{r['test_wer']:.2f}% | {r['test_wer_lm']:.2f}% | {r['valid_uer']:.1f}%"
+        else:
+            scores = "(pretrained only) | - | -"
+        lines.append(f"| {title} | `{r['config']}` | {r['params'] / 1e6:.2f} M | {scores} |")
+    lines += ["", "## Training curves", "", "![pretraining loss](pretrain_loss.png)",
+              "![CTC loss](finetune_loss.png)",
+              "![valid letter error rate](finetune_valid_uer.png)", "![valid WER](finetune_valid_wer.png)", "",
+              "## Layer-wise mutual information", "",
+              (f"I(X;T_i) by MINE (mean ± spread over seeds {mi['seeds']}, fresh statistics network per estimate, "
+               f"held-out frames) and the phone-probe bound I(T_i;Y), on {mi['utterances']} test utterances, "
+               "padded frames trimmed. Data: `mi/mi.json`."), "",
+              "![I(X;T) per layer](mi/mi_xt.png)", "![information plane](mi/information_plane.png)", "",
+              (f"The I(X;T) curve's verdict ({RULE_SUMMARY}) is MINE's; `mi/mi.json` has SMILE's beside it."), "",
+              "| model | I(X;T_i) per layer (nats) | I(T_i;Y) per layer (nats) | I(X;T) curve |", "|---|---|---|---|"]
+    for name, rows in mi["layers"].items():
+        xt = " / ".join(f"{r['mi_xt']['mean']:.2f}±{r['mi_xt']['std']:.2f}" for r in rows)
+        ty = " / ".join(f"{r['mi_ty']['mean']:.2f}" for r in rows if "mi_ty" in r)
+        shape = mi["verdicts"].get(name, {}).get("mine", {}).get("verdict", "-")
+        lines.append(f"| {name} | {xt} | {ty} | {shape} |")
+    lines += ["", *mi_verdict(mi), "", "## Wall times (2 CPU cores)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
+    lines.append(f"| total (wall clock; model and MI stages ran side by side) | {total_seconds:.0f} |")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    # More audio costs ~1 s per minute to synthesise but, at these update counts, buys little: measured with ConBiMamba
+    # (1,500 + 2,000 updates), valid letter errors 36.0% / 35.1% / 34.0% at 60 / 90 / 120 minutes, WER on the
+    # 60-minute corpus's test split 81.1% / 81.6% / 80.2%.
+    parser.add_argument("--minutes", type=float, default=60.0, help="corpus size (all splits)")
+    # sized so that the whole demo takes under 30 minutes on 2 cores
+    parser.add_argument("--pretrain-updates", type=int, default=1500)
+    parser.add_argument("--finetune-updates", type=int, default=2000)
+    parser.add_argument("--pretrain-only-updates", type=int, default=1000,
+                        help="for the models only pretrained (ExtBiMamba, for the MI comparison)")
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    run_demo(args.out, args.minutes, args.pretrain_updates, args.finetune_updates, args.clusters, args.jobs,
+             args.seed, args.pretrain_only_updates)
+
+
+if __name__ == "__main__":
+    main()
