@@ -13,15 +13,19 @@ def plot_mi_curves(results: dict[str, list[dict]], path: Path, key: str = "mi_xt
     """MI against depth for every model, error bars = spread over seeds; for a model with a downstream encoder, a
     dashed line in its colour where the head's layers start."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    boundaries: dict[float, list[str]] = {}  # where a head starts -> colours of the models whose head starts there
     for name, rows in results.items():
         rows = [r for r in rows if key in r]
         line = ax.errorbar([r["layer"] for r in rows], [r[key]["mean"] for r in rows],
                            yerr=[r[key]["std"] for r in rows], marker="o", capsize=3, label=name)
         head = [r["layer"] for r in rows if r.get("stage") == "head"]
         if head and head[0] > 1:
-            ax.axvline(head[0] - 0.5, linestyle="--", alpha=0.6, color=line.lines[0].get_color())
-            ax.annotate("head", (head[0] - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                        textcoords="offset points", fontsize=7, color=line.lines[0].get_color())
+            boundaries.setdefault(head[0] - 0.5, []).append(line.lines[0].get_color())
+    for position, colours in boundaries.items():
+        colour = colours[0] if len(colours) == 1 else "grey"
+        ax.axvline(position, linestyle="--", alpha=0.6, color=colour)
+        ax.annotate("head", (position, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=7, color=colour)
     ax.set_xlabel("layer (upstream, then head where a dashed line marks it)")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
