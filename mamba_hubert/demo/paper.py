@@ -5,6 +5,10 @@
 - the Transformer HuBERT of the same size followed by the same Conformer encoder (the baseline),
 - a reconstruction-task Mamba (masked log-mel reconstruction, SSAMBA-like),
 
+the SSL models as frozen front ends read through SUPERB's learned weighted sum of their hidden states (as an S3PRL
+upstream in ESPnet, the paper's setup), so the three ASR models share their upstream layers exactly and differ only
+in what is trained on top;
+
 each trained with fairseq-hydra-train, the ASR models decoded with fairseq-generate (greedy and lexicon + LM), and
 layer-wise MI through every model (upstream then head layers) with a verdict per curve and estimator. Writes
 `report.md` (with the paper's LibriSpeech numbers beside ours and which findings this run reproduces), `results.json`
@@ -21,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from fairseq import checkpoint_utils
 
 from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
@@ -61,6 +66,8 @@ ASR_MODELS = (
     AsrModel("Transformer HuBERT + Conformer", "transformer_conformer", "tiny_transformer", "tiny_asr_conformer",
              0.003, 9.3, "HuBERT + Conformer (ESPnet)"),
 )
+# How the ASR models read their upstream: a frozen front end, SUPERB's weighted sum over its hidden states.
+FRONT_END = ("model.freeze_upstream=true", "model.upstream_weighted_sum=true")
 RECONSTRUCTION_TITLE = "Reconstruction Mamba (SSAMBA-like)"
 RECONSTRUCTION_CONFIG = "tiny_inn_bimamba"  # examples/config/reconstruction
 RECONSTRUCTION_LR = 0.002  # chosen on the valid split by --lr-grid
@@ -119,7 +126,7 @@ class PaperRun:
         overrides = [f"task.data={self.data.corpus}", f"task.label_dir={self.data.corpus}",
                      f"checkpoint.save_dir={save_dir}", f"model.w2v_path={self.pretrained(model.pretrain_config)}",
                      f"optimization.max_update={self.budget.finetune_updates}", f"optimization.lr=[{lr}]",
-                     "common.log_format=json", f"common.seed={self.budget.seed}"]
+                     "common.log_format=json", f"common.seed={self.budget.seed}", *FRONT_END]
         curves = _train_once(f"finetune/{model.finetune_config}", overrides, save_dir, save_dir / "finetune.log",
                              prefixed(model.key), self.times, f"fine-tune {model.key} (lr {lr:g})")
         return {"curves": curves, "valid_uer": min(float(row["valid_uer"]) for row in curves["valid"]),
@@ -183,11 +190,11 @@ def run_paper(out: Path, minutes: float, budget: Budget, jobs: int, mi_seeds: Se
         finetuned = done[f"fine-tune {model.key}"]
         wer, wer_lm = done[f"decode {model.key}"]
         results[model.key] = {"title": model.title, "lr": model.lr, "test_wer": wer, "test_wer_lm": wer_lm,
-                              "valid_uer": finetuned["valid_uer"], "params": trained_parameters(finetuned["checkpoint"])}
+                              "valid_uer": finetuned["valid_uer"], **model_summary(finetuned["checkpoint"])}
     reconstruction = done["reconstruction"]
     results["reconstruction"] = {"title": RECONSTRUCTION_TITLE, "lr": RECONSTRUCTION_LR,
                                  "valid": reconstruction["valid"],
-                                 "params": trained_parameters(reconstruction["checkpoint"])}
+                                 **model_summary(reconstruction["checkpoint"])}
     plot_curves({m.title: done[f"fine-tune {m.key}"]["curves"] for m in ASR_MODELS}, "valid_uer", "valid",
                 "valid letter error rate (%)", out / "finetune_valid_uer.png")
     plot_curves({RECONSTRUCTION_TITLE: reconstruction["curves"]}, "valid_loss", "valid",
@@ -200,10 +207,21 @@ def run_paper(out: Path, minutes: float, budget: Budget, jobs: int, mi_seeds: Se
     return report
 
 
-def trained_parameters(checkpoint: Path) -> int:
-    """Parameters of a trained model (the pretraining label embeddings a fine-tuned model keeps unused excluded)."""
+def model_summary(checkpoint: Path) -> dict:
+    """Parameters of a trained model, in all and trained (the pretraining label embeddings a fine-tuned model keeps
+    unused left out), and, for a weighted-sum head, the learned weights over the upstream's hidden states."""
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)])
-    return sum(p.numel() for name, p in models[0].named_parameters() if "label_embs" not in name)
+    model = models[0]
+    summary = {"params": sum(p.numel() for n, p in model.named_parameters() if "label_embs" not in n),
+               "trained_params": sum(p.numel() for n, p in model.named_parameters() if p.requires_grad)}
+    weights = getattr(getattr(model, "w2v_encoder", None), "layer_weights", None)
+    if weights is not None:
+        summary["layer_weights"] = [round(w, 4) for w in torch.softmax(weights.detach(), 0).tolist()]
+    return summary
+
+
+def _count(parameters: int) -> str:
+    return f"{parameters / 1e6:.2f} M" if parameters >= 100_000 else f"{parameters / 1e3:.1f} k"
 
 
 def _verdict(mi: dict, title: str, estimator: str) -> str:
@@ -255,21 +273,28 @@ def write_paper_report(out: Path, results: dict, mi: dict, budget: Budget, times
     lines = [
         "# The paper's comparison: a downstream reconstruction module for ASR", "",
         (f"Corpus (synthetic TTS speech): {splits}; test voices and sentences held out of training. Pretraining "
-         f"{budget.pretrain_updates} updates (HuBERT, MFCC k-means labels, {budget.clusters} clusters); CTC "
-         f"fine-tuning {budget.finetune_updates} updates through fairseq's `hubert_ctc` machinery "
-         f"(`mamba_hubert_asr`); reconstruction {budget.reconstruction_updates} updates. Learning rates chosen by "
-         "the same grid on the valid split for every model (`mamba-hubert-paper --lr-grid`)."), "",
-        ("| model | parameters | lr | test WER greedy | test WER lexicon + LM | valid letter errors | paper "
+         f"{budget.pretrain_updates} updates (HuBERT, MFCC k-means labels, {budget.clusters} clusters). CTC "
+         f"training {budget.finetune_updates} updates through fairseq's `hubert_ctc` machinery "
+         "(`mamba_hubert_asr`), the pretrained model a frozen front end read through a learned weighted sum of its "
+         "hidden states (as an S3PRL upstream in the paper's ESPnet setup), so the three ASR models share their "
+         f"upstream layers and differ in their head; reconstruction {budget.reconstruction_updates} updates. "
+         "Learning rates chosen by the same grid on the valid split for every model (`mamba-hubert-paper "
+         "--lr-grid`)."), "",
+        ("| model | parameters (trained) | lr | test WER greedy | test WER lexicon + LM | valid letter errors | paper "
          "(LibriSpeech 100 h, test-clean) |"),
         "|---|---|---|---|---|---|---|",
     ]
     for model in ASR_MODELS:
         r = results[model.key]
-        lines.append(f"| {model.title} | {r['params'] / 1e6:.2f} M | {r['lr']:g} | {r['test_wer']:.2f}% | "
-                     f"{r['test_wer_lm']:.2f}% | {r['valid_uer']:.1f}% | {model.paper_wer}% ({model.paper_setting}) |")
+        lines.append(f"| {model.title} | {_count(r['params'])} ({_count(r['trained_params'])}) | {r['lr']:g} | "
+                     f"{r['test_wer']:.2f}% | {r['test_wer_lm']:.2f}% | {r['valid_uer']:.1f}% | {model.paper_wer}% "
+                     f"({model.paper_setting}) |")
+    lines += ["", "Learned weights of the upstream's hidden states (encoder input, then each layer's output):"]
+    lines += [f"- {results[m.key]['title']}: {' / '.join(f'{w:.2f}' for w in results[m.key]['layer_weights'])}"
+              for m in ASR_MODELS if "layer_weights" in results[m.key]]
     lines += [
         "", "## The reconstruction-task model", "",
-        (f"{RECONSTRUCTION_TITLE}, {recon['params'] / 1e6:.2f} M parameters, lr {recon['lr']:g}: valid L2 loss per "
+        (f"{RECONSTRUCTION_TITLE}, {_count(recon['params'])} parameters, lr {recon['lr']:g}: valid L2 loss per "
          f"masked log-mel bin (normalised per utterance) {recon['valid']['loss']:.4f}; predictions that need no "
          f"training: the utterance's mean spectrum {recon['valid']['mean_baseline_loss']:.4f}, the nearest unmasked "
          f"step {recon['valid']['nearest_baseline_loss']:.4f}."), "",
@@ -340,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/paper"))
     parser.add_argument("--minutes", type=float, default=60.0, help="corpus size (all splits), as the demo's")
     parser.add_argument("--pretrain-updates", type=int, default=1500)
-    parser.add_argument("--finetune-updates", type=int, default=2000)
+    parser.add_argument("--finetune-updates", type=int, default=3000, help="training updates of each ASR head")
     parser.add_argument("--reconstruction-updates", type=int, default=2000)
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time, one thread each")
