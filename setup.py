@@ -16,6 +16,10 @@ setup(
         "console_scripts": [
             "mamba-hubert-params=mamba_hubert.models.param_count:main",
             "mamba-hubert-corpus=mamba_hubert.data.corpus:main",
+            "mamba-hubert-mfcc=mamba_hubert.data.mfcc:main",
+            "mamba-hubert-kmeans=mamba_hubert.data.kmeans:main",
+            "mamba-hubert-layer-features=mamba_hubert.data.layer_features:main",
+            "mamba-hubert-lm=mamba_hubert.data.ngram_lm:main",
             "mamba-hubert-check=mamba_hubert.data.check:main",
             "mamba-hubert-mi=mamba_hubert.analysis.cli:main",
             "mamba-hubert-paper=mamba_hubert.demo.paper:main",

@@ -95,7 +95,7 @@ def model_flops(model: nn.Module, num_samples: int) -> dict[str, float]:
     """Analytic FLOPs of `extract_features` on one utterance of `num_samples`, by part."""
     from fairseq.modules import MultiheadAttention
 
-    from mamba_hubert.frames import conv_output_length
+    from mamba_hubert.models.frames import conv_output_length
     from mamba_hubert.modules import InnBiMamba, Mamba
 
     conv_layers = model.conv_layers
@@ -141,7 +141,7 @@ def _best_time(call, min_calls: int = 1) -> tuple[float, float, int, int]:
 def run_inference(name: str, seconds: float, path: str, threads: int, chunk_seconds: float, max_gb: float,
                   min_calls: int = 1) -> dict:
     """One inference case in this process (meant to be a fresh one)."""
-    from mamba_hubert.long_form import extract_features_long
+    from mamba_hubert.inference.long_form import extract_features_long
 
     torch.set_num_threads(threads)
     model = build_model(name).eval()
@@ -169,7 +169,7 @@ def run_train_step(name: str, seconds: float, threads: int, max_gb: float) -> di
     generator = torch.Generator().manual_seed(0)
 
     def step(num_samples: int) -> None:
-        from mamba_hubert.frames import conv_output_length
+        from mamba_hubert.models.frames import conv_output_length
 
         source = torch.randn(1, num_samples, generator=generator) * 0.1
         labels = torch.randint(0, NUM_CLASSES, (1, conv_output_length(num_samples)), generator=generator)

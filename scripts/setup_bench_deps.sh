@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The anchors the benchmarks compare against, installed into .venv only for benchmarking (see FACTS.md):
+# The anchors the benchmarks compare against, installed into .venv only for benchmarking:
 # mambapy (pure PyTorch), and mamba-ssm's pure-Python parts without its CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

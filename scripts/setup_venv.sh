@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv with the pinned CPU stack. Order matters: torch first and pinned, then everything that
-# builds against it with --no-build-isolation, so pip never pulls a CUDA torch (see shared FACTS.md).
+# builds against it with --no-build-isolation, so pip never pulls a CUDA torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}

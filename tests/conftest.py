@@ -89,7 +89,7 @@ def tone_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mamba_hubert_checkpoint(tone_corpus, tmp_path_factory) -> Path:
     """A tiny ConBiMamba `mamba_hubert` pretrained for 2 updates on the tone corpus."""
-    from mamba_hubert.pipeline import hydra_train
+    from mamba_hubert.demo.fairseq_tools import hydra_train
 
     root = tmp_path_factory.mktemp("mamba_hubert_run")
     hydra_train("pretrain/tiny_conbimamba", pretrain_overrides(tone_corpus, root / "ckpt", "optimization.max_update=2",

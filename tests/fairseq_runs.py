@@ -16,7 +16,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import mamba_hubert  # noqa: F401  (the checkpoint allow-list, for loading checkpoints in tests)
-from mamba_hubert.pipeline import CONFIG_ROOT, PLUGIN_DIR
+from mamba_hubert.demo.fairseq_tools import CONFIG_ROOT, PLUGIN_DIR
 
 TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
 # Small enough that a few updates take seconds on 2 cores.
@@ -156,10 +156,10 @@ def assert_same_parameters(got: dict, expected: dict) -> None:
         torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def wer_of_printed_hypotheses(generate_log: Path, manifest: Path) -> float:
+def wer_of_printed_hypotheses(results: Path, manifest: Path) -> float:
     """Word error rate recomputed from fairseq-generate's T-/D- lines (an untrained model's WER may pass 100%
     through insertions, so the check is that the printed WER is the one of the printed hypotheses)."""
-    lines = generate_log.read_text().splitlines()
+    lines = results.read_text().splitlines()
     targets = {line.split("\t")[0][2:]: line.split("\t")[1] for line in lines if line.startswith("T-")}
     hypotheses = {line.split("\t")[0][2:]: line.split("\t")[2] for line in lines if line.startswith("D-")}
     assert len(targets) == len(hypotheses) == len(manifest.read_text().splitlines()) - 1  # every utterance decoded

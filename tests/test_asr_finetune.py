@@ -4,7 +4,7 @@ checkpoint, with a linear head and downstream encoders, frozen or fine-tuned; fa
 import pytest
 import torch
 
-from mamba_hubert.pipeline import generate_wer, hydra_train
+from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
 from tests.fairseq_runs import finetune_overrides, load_state, wer_of_printed_hypotheses
 
 SMALL_HEAD = ["model.head_layers=1", "model.head_embed_dim=32", "model.head_ffn_embed_dim=64",
@@ -41,6 +41,7 @@ def test_finetune_and_decode(request, tone_corpus, tmp_path, upstream, head, fro
     assert any(k.startswith("w2v_encoder.head.") for k in trained) == (head != "none")
     assert not all(torch.equal(first["model"][k], last["model"][k]) for k in trained)
 
-    wer = generate_wer(tone_corpus, tone_corpus, save_dir / "checkpoint_last.pt", "valid", tmp_path / "generate.log")
-    assert wer == pytest.approx(wer_of_printed_hypotheses(tmp_path / "generate.log", tone_corpus / "valid.tsv"),
+    wer = generate_wer(tone_corpus, tone_corpus, save_dir / "checkpoint_last.pt", "valid", tmp_path / "decode")
+    results = generation_results(tmp_path / "decode", "valid")
+    assert wer == pytest.approx(wer_of_printed_hypotheses(results, tone_corpus / "valid.tsv"),
                                 abs=0.01)

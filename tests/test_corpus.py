@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from mamba_hubert.data import corpus
-from mamba_hubert.frames import conv_output_length
+from mamba_hubert.models.frames import conv_output_length
 
 SPLITS = ("train", "valid", "test")
 MISSING = corpus.missing_packages()

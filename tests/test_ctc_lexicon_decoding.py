@@ -3,7 +3,6 @@ lexicon words, lets the LM settle an ambiguous letter, never leaves the lexicon;
 through `--ctc-lexicon/--ctc-lm`."""
 
 import math
-import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from fairseq.data import Dictionary
 
 from mamba_hubert.data.ngram_lm import TLM_PATHS, build_arpa
-from mamba_hubert.pipeline import PLUGIN_DIR, hydra_train, run_console_script
+from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.tasks.mamba_hubert_pretraining import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
 from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
@@ -142,19 +141,15 @@ def test_fairseq_generate_decodes_with_lexicon_and_lm(tmp_path, monkeypatch):
     words = {letter * 2: letter * 2 for letter in "ABCDE"}  # the tone corpus's transcripts: "A A |" is the word AA
     lexicon = write_lexicon(words, tmp_path / "lexicon.txt")
     lm = write_lm(["AA BB", "CC DD EE", "AA"], tmp_path / "lm.arpa")
-    output = run_console_script(
-        ["fairseq-generate", str(corpus), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
-         "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(corpus),
-         "--path", str(tmp_path / "ft" / "checkpoint_last.pt"), "--gen-subset", "valid", "--scoring", "wer",
-         "--post-process", "letter", "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1",
-         "--ctc-lexicon", str(lexicon), "--ctc-lm", str(lm), "--ctc-word-score", "5", "--ctc-beam", "8"],
-        tmp_path / "generate.log", threads=1)
-    assert f"Reading {lm}" in output  # KenLM loaded the LM given on the command line
-    lines = output.splitlines()
+    printed_wer = generate_wer(corpus, corpus, tmp_path / "ft" / "checkpoint_last.pt", "valid", tmp_path / "decode",
+                               threads=1, decoder_args=["--ctc-lexicon", str(lexicon), "--ctc-lm", str(lm),
+                                                        "--ctc-word-score", "5", "--ctc-beam", "8"])
+    assert f"Reading {lm}" in (tmp_path / "decode" / "generate.log").read_text()  # KenLM loaded the given LM
+    lines = generation_results(tmp_path / "decode", "valid").read_text().splitlines()
     targets = {line.split("\t")[0][2:]: line.split("\t")[1].split() for line in lines if line.startswith("T-")}
     hypotheses = {line.split("\t")[0][2:]: line.split("\t")[2].split() for line in lines if line.startswith("D-")}
     assert len(hypotheses) == len(targets) == 3
     assert any(hypotheses.values()) and all(set(words_) <= set(words) for words_ in hypotheses.values())
     errors = sum(editdistance.eval(targets[i], hypotheses[i]) for i in targets)
     wer = 100.0 * errors / sum(len(target) for target in targets.values())
-    assert float(re.search(r"WER: ([0-9.]+)", output).group(1)) == pytest.approx(wer, abs=0.01)
+    assert printed_wer == pytest.approx(wer, abs=0.01)

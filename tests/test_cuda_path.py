@@ -1,4 +1,4 @@
-"""mamba-ssm's CUDA scan gives what the CPU path gives (issue 5, acceptance 5): a whole model in float32, outputs
+"""mamba-ssm's CUDA scan gives what the CPU path gives: a whole model in float32, outputs
 and gradients within 1e-3. Runs only where a CUDA device and mamba-ssm's compiled kernel exist; the project's CPU
 machines skip it."""
 

@@ -1,7 +1,7 @@
 """Two-process training through fairseq's own distributed engine (torch.distributed, gloo, loopback only) keeps
 the ranks' parameters identical and matches single-process training with the same global batch. Both ranks run
 the unpatched `fairseq-hydra-train`; the plugin makes fairseq's logging-output gather work on gloo
-(mamba_hubert.distributed_cpu).
+(mamba_hubert.patches.gloo_gather).
 
 fairseq on CPU: its default `ddp_backend=pytorch_ddp` passes `device_ids=[0]` to DistributedDataParallel,
 which refuses a CPU module, so these runs use `legacy_ddp` (fairseq's own all-reduce of gradients). Its

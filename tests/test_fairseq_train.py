@@ -7,7 +7,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import mamba_hubert  # noqa: F401  (registers the model and task, and the checkpoint allow-list)
-from mamba_hubert.pipeline import generate_wer, hydra_train
+from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
 from tests.fairseq_runs import (
     SMALL_MODEL,
     finetune_overrides,
@@ -54,5 +54,6 @@ def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, layer_type):
     assert ctc_cfg.model._name == "hubert_ctc"
     assert type(ctc_models[0].w2v_encoder.w2v_model).__name__ == "MambaHubertModel"
 
-    wer = generate_wer(corpus, corpus, ft_dir / "checkpoint_last.pt", "valid", tmp_path / "generate.log")
-    assert wer == pytest.approx(wer_of_printed_hypotheses(tmp_path / "generate.log", corpus / "valid.tsv"), abs=0.01)
+    wer = generate_wer(corpus, corpus, ft_dir / "checkpoint_last.pt", "valid", tmp_path / "decode")
+    results = generation_results(tmp_path / "decode", "valid")
+    assert wer == pytest.approx(wer_of_printed_hypotheses(results, corpus / "valid.tsv"), abs=0.01)

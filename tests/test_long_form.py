@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamba_hubert.long_form import extract_features_long
+from mamba_hubert.inference.long_form import extract_features_long
 from tests.conftest import tiny_model
 from tests.test_streaming import state_sensitive
 
@@ -61,7 +61,7 @@ def test_rejects_training_mode_and_short_audio(audio):
 # Runs in a fresh process so that its peak resident set (VmHWM, reset through /proc/self/clear_refs) is its own.
 _MEMORY_PROBE = textwrap.dedent("""
     import json, sys, torch
-    from mamba_hubert.long_form import extract_features_long
+    from mamba_hubert.inference.long_form import extract_features_long
     from tests.conftest import tiny_model
 
     def status(key):

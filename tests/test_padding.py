@@ -1,4 +1,4 @@
-"""A padded frame never changes a valid frame's output, for every layer type (DESIGN.md, Padding)."""
+"""A padded frame never changes a valid frame's output, for every layer type."""
 
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from fairseq.modules import Fp32GroupNorm
 
-from mamba_hubert.frames import conv_output_length
+from mamba_hubert.models.frames import conv_output_length
 from mamba_hubert.modules import reverse_padded
 from tests.conftest import tiny_model
 
@@ -74,6 +74,7 @@ def test_model_valid_frames_have_no_gradient_from_padded_samples(extractor_mode)
     features, frame_mask = model.extract_features(wav, padding_mask=mask)
     features[~frame_mask].sum().backward()
     assert wav.grad[mask].abs().max() == 0
+    assert wav.grad[~mask].abs().max() > 0  # the gradient reaches the valid samples
 
 
 def test_default_extractor_keeps_fairseqs_parameters_and_unpadded_output():

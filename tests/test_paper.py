@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from mamba_hubert.demo.fairseq_tools import generation_results
 from mamba_hubert.demo.paper import ASR_MODELS, RECONSTRUCTION_TITLE, main
 
 TINY = ["--minutes", "4", "--pretrain-updates", "3", "--finetune-updates", "3", "--reconstruction-updates", "3",
@@ -23,7 +24,8 @@ def paper_run(tmp_path_factory):
 def test_every_model_is_trained_decoded_and_analysed(paper_run):
     results = json.loads((paper_run / "results.json").read_text())["models"]
     for model in ASR_MODELS:
-        printed = re.findall(r"WER: ([0-9.]+)", (paper_run / "models" / model.key / "generate_test.log").read_text())
+        results = generation_results(paper_run / "models" / model.key / "decode_greedy", "test")
+        printed = re.findall(r"WER: ([0-9.]+)", results.read_text())
         assert [float(w) for w in printed] == [pytest.approx(results[model.key]["test_wer"], abs=0.01)]
         assert results[model.key]["lr"] == model.lr
     assert {"loss", "mean_baseline_loss", "nearest_baseline_loss"} == set(results["reconstruction"]["valid"])

@@ -1,6 +1,11 @@
 """Paper-size configs build the sizes the anchors report (Lin et al.: Mamba base 78.2 M, Transformer 94.7 M)."""
 
+import os
+from pathlib import Path
+
 import pytest
+from fairseq import tasks
+from hydra import compose, initialize_config_dir
 
 from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters, main
 
@@ -17,7 +22,18 @@ def test_tiny_demo_models_are_matched():
     assert abs(mamba - transformer) / transformer < 0.05
 
 
-def test_cli_prints_a_table(capsys):
-    main(["tiny_mamba", "tiny_transformer"])
-    out = capsys.readouterr().out
-    assert "tiny_mamba" in out and "tiny_transformer" in out
+def fairseq_built_parameters(config: str, data: Path, num_classes: int) -> int:
+    """Parameters of the model fairseq itself builds from the composed config (task and model registries)."""
+    with initialize_config_dir(config_dir=os.path.abspath(DEFAULT_CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=config, overrides=[f"task.data={data}", f"task.label_dir={data}"])
+    task = tasks.setup_task(cfg.task)
+    return sum(p.numel() for p in task.build_model(cfg.model).parameters())
+
+
+def test_cli_prints_the_parameters_of_the_models_fairseq_builds(capsys, tmp_path):
+    (tmp_path / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(100)))
+    main(["tiny_mamba", "tiny_transformer", "--num-classes", "100"])
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    for config in ("tiny_mamba", "tiny_transformer"):
+        assert float(rows[config][0]) == pytest.approx(fairseq_built_parameters(config, tmp_path, 100) / 1e6,
+                                                       abs=0.005)

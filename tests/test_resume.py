@@ -1,6 +1,6 @@
 """Interrupted training: a real fairseq-hydra-train run killed with SIGKILL mid-epoch resumes from
 `checkpoint_last.pt` and then trains exactly as an uninterrupted run with the same seed; a kill during a
-checkpoint save never leaves `checkpoint_last.pt` unreadable (mamba_hubert.atomic_checkpoints).
+checkpoint save never leaves `checkpoint_last.pt` unreadable (mamba_hubert.patches.atomic_checkpoint_copies).
 
 What fairseq restores on resume: model, optimizer and lr-scheduler state, the epoch and the position in it
 (`iterations_in_epoch`), and torch's RNG, which it re-seeds to `seed + num_updates` before every update. What
@@ -28,10 +28,10 @@ import torch
 from fairseq.file_io import PathManager
 from fairseq.tasks.hubert_pretraining import LabelEncoder
 
-from mamba_hubert.atomic_checkpoints import AtomicCopyPathManager
 from mamba_hubert.models.mamba_hubert import MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
 from mamba_hubert.models.seeded_masks import seeded_span_masks
+from mamba_hubert.patches.atomic_checkpoint_copies import AtomicCopyPathManager
 from mamba_hubert.tasks.mamba_hubert_pretraining import SeededCropHubertDataset
 from tests.conftest import tiny_model
 from tests.fairseq_runs import (

@@ -7,6 +7,7 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
+from mamba_hubert.demo.fairseq_tools import hydra_train
 from mamba_hubert.models.seeded_masks import seeded_span_masks
 from mamba_hubert.models.spectrum_reconstruction import (
     SpectrumReconstructionConfig,
@@ -14,7 +15,6 @@ from mamba_hubert.models.spectrum_reconstruction import (
     reconstruction_baselines,
 )
 from mamba_hubert.modules.fbank import LogMelFilterbank
-from mamba_hubert.pipeline import hydra_train
 from tests.fairseq_runs import logged_records
 
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from mamba_hubert.frames import conv_output_length
+from mamba_hubert.inference.streaming import NotStreamableError, StreamingEncoder, selective_scan_from_state, stream
+from mamba_hubert.models.frames import conv_output_length
 from mamba_hubert.modules import Mamba
 from mamba_hubert.ops import cpu_kernel, selective_scan_reference
-from mamba_hubert.streaming import NotStreamableError, StreamingEncoder, selective_scan_from_state, stream
 from tests.conftest import tiny_model
 
 SAMPLE_RATE = 16000

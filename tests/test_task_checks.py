@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mamba_hubert.pipeline import hydra_train
+from mamba_hubert.data.check import AUDIO_MISSING
+from mamba_hubert.demo.fairseq_tools import hydra_train
 from tests.fairseq_runs import SMALL_MODEL, make_tone_corpus, pretrain_overrides
 
 
@@ -22,12 +23,16 @@ def test_training_refuses_a_label_file_that_does_not_match_the_manifest(tmp_path
 
 
 def test_training_refuses_missing_audio(tmp_path):
+    """The plugin's check stops the run when the task loads the split, naming the manifest line; without it fairseq
+    would fail only when a batch first reads the file, with an error of its own."""
     corpus = make_tone_corpus(tmp_path / "tones")
     (corpus / "wav" / "train3.wav").unlink()
     with pytest.raises(RuntimeError) as failure:
         hydra_train("pretrain/tiny_mamba", pretrain_overrides(corpus, tmp_path / "ckpt", "optimization.max_update=2",
                                                               *SMALL_MODEL), tmp_path / "train.log")
-    assert "train.tsv:5" in str(failure.value) or "train3.wav" in str(failure.value)
+    message = str(failure.value)
+    assert "DataValidationError" in message and f"train.tsv:5: error: [{AUDIO_MISSING}]" in message
+    assert "train3.wav" in message and "num_updates" not in (tmp_path / "train.log").read_text()
 
 
 def _put_nan_in_every_training_file(corpus):

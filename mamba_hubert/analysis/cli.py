@@ -9,9 +9,9 @@ a verdict on the curve's shape (`mamba_hubert.analysis.verdict`).
 
 import argparse
 import json
+import logging
 import multiprocessing
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,6 +25,7 @@ from fairseq.data import Dictionary
 import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
 from mamba_hubert.analysis.layerwise import XT_KEYS, XT_QUANTITIES, layerwise_mi, xt_verdicts
 from mamba_hubert.analysis.plots import plot_information_plane, plot_mi_curves
+from mamba_hubert.command_line import one_line_errors, setup_logging
 from mamba_hubert.data.mfcc import read_manifest
 
 
@@ -48,10 +49,10 @@ def analyse_checkpoint(checkpoint: str, waves, labels, data_dir: str, args) -> l
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data_dir})
     return layerwise_mi(models[0], waves, labels, seeds=args.seeds, mine_iterations=args.mine_iterations,
                         max_frames=args.max_frames, marginals=MARGINALS[args.marginals],
-                        progress=lambda message: print(f"[mi] {Path(checkpoint).name}: {message}", file=sys.stderr,
-                                                       flush=True))
+                        progress=lambda message: logger.info("%s: %s", Path(checkpoint).name, message))
 
 
+logger = logging.getLogger(__name__)
 MARGINALS = {"within_utterance": "within_group", "pooled": "pooled"}
 
 
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="checkpoints analysed at once, one thread each")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    setup_logging()
     names = args.name or args.checkpoint
     if len(names) != len(args.checkpoint):
         parser.error("give one --name per --checkpoint")
@@ -91,20 +93,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     label = None if args.labels == "none" else args.labels
     if label is not None and not os.path.exists(os.path.join(args.data, f"{args.subset}.{label}")):
         parser.error(f"{args.data}/{args.subset}.{label} not found (use --labels none to skip I(T;Y))")
-    waves, labels = load_probe_set(args.data, args.subset, args.max_utterances, label)
-    jobs = [(checkpoint, waves, labels, args.data, args) for checkpoint in args.checkpoint]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            analysed = list(pool.map(_analyse_on_one_thread, jobs))
-    else:
-        analysed = [analyse_checkpoint(*job) for job in jobs]
+    with one_line_errors(parser.prog):
+        waves, labels = load_probe_set(args.data, args.subset, args.max_utterances, label)
+        jobs = [(checkpoint, waves, labels, args.data, args) for checkpoint in args.checkpoint]
+        if args.jobs > 1:
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                analysed = list(pool.map(_analyse_on_one_thread, jobs))
+        else:
+            analysed = [analyse_checkpoint(*job) for job in jobs]
     results = dict(zip(names, analysed))
     marginals = MARGINALS[args.marginals]
     write_outputs(args.out, {"subset": args.subset, "utterances": len(waves), "seeds": args.seeds,
                              "marginals": marginals, "xt_quantity": XT_QUANTITIES[marginals],
                              "checkpoints": dict(zip(names, args.checkpoint)), "layers": results,
                              "verdicts": {name: xt_verdicts(rows) for name, rows in results.items()}})
-    print(f"[mi] wrote {args.out}/mi.json and plots", file=sys.stderr)
+    logger.info("wrote %s/mi.json and plots", args.out)
 
 
 def write_outputs(out: Path, record: dict) -> None:

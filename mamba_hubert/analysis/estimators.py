@@ -481,88 +481,16 @@ def xt_mutual_information(
     }
 
 
-def mine_mi(
-    x: ArrayLike,
-    t: ArrayLike,
-    *,
-    hidden: int = 100,
-    lr: float = 1e-4,
-    batch_size: int = 128,
-    iterations: int = DEFAULT_MINE_ITERATIONS,
-    ema_rate: float = 0.01,
-    heldout_fraction: float = 0.2,
-    validation_fraction: float = 0.1,
-    eval_every: int = DEFAULT_EVAL_EVERY,
-    patience: int | None = DEFAULT_PATIENCE,
-    seeds: Sequence[int] = (0, 1, 2),
-    groups: ArrayLike | None = None,
-    marginals: Marginals = "within_group",
-    eval_shuffles: int = DEFAULT_EVAL_SHUFFLES,
-    device: str | torch.device = "cpu",
-) -> MIEstimate:
-    """MINE's Donsker-Varadhan estimate alone: `xt_mutual_information(..., estimators=("mine",))["mine"]`, whose
-    docstring says what is estimated (in particular under `marginals`)."""
-    return xt_mutual_information(
-        x,
-        t,
-        estimators=("mine",),
-        hidden=hidden,
-        lr=lr,
-        batch_size=batch_size,
-        iterations=iterations,
-        ema_rate=ema_rate,
-        heldout_fraction=heldout_fraction,
-        validation_fraction=validation_fraction,
-        eval_every=eval_every,
-        patience=patience,
-        seeds=seeds,
-        groups=groups,
-        marginals=marginals,
-        eval_shuffles=eval_shuffles,
-        device=device,
-    )["mine"]
+def mine_mi(x: ArrayLike, t: ArrayLike, **options) -> MIEstimate:
+    """MINE's Donsker-Varadhan estimate alone: `xt_mutual_information(x, t, estimators=("mine",), **options)`, whose
+    docstring says what is estimated (in particular under `marginals`) and which options there are."""
+    return xt_mutual_information(x, t, estimators=("mine",), **options)["mine"]
 
 
-def smile_mi(
-    x: ArrayLike,
-    t: ArrayLike,
-    *,
-    hidden: int = 100,
-    lr: float = 1e-4,
-    batch_size: int = 128,
-    iterations: int = DEFAULT_MINE_ITERATIONS,
-    clip: float = DEFAULT_SMILE_CLIP,
-    heldout_fraction: float = 0.2,
-    validation_fraction: float = 0.1,
-    eval_every: int = DEFAULT_EVAL_EVERY,
-    patience: int | None = DEFAULT_PATIENCE,
-    seeds: Sequence[int] = (0, 1, 2),
-    groups: ArrayLike | None = None,
-    marginals: Marginals = "within_group",
-    eval_shuffles: int = DEFAULT_EVAL_SHUFFLES,
-    device: str | torch.device = "cpu",
-) -> MIEstimate:
-    """SMILE's clipped estimate alone: `xt_mutual_information(..., estimators=("smile",))["smile"]`, whose
-    docstring says what is estimated (in particular under `marginals`)."""
-    return xt_mutual_information(
-        x,
-        t,
-        estimators=("smile",),
-        hidden=hidden,
-        lr=lr,
-        batch_size=batch_size,
-        iterations=iterations,
-        clip=clip,
-        heldout_fraction=heldout_fraction,
-        validation_fraction=validation_fraction,
-        eval_every=eval_every,
-        patience=patience,
-        seeds=seeds,
-        groups=groups,
-        marginals=marginals,
-        eval_shuffles=eval_shuffles,
-        device=device,
-    )["smile"]
+def smile_mi(x: ArrayLike, t: ArrayLike, **options) -> MIEstimate:
+    """SMILE's clipped estimate alone: `xt_mutual_information(x, t, estimators=("smile",), **options)`, whose
+    docstring says what is estimated (in particular under `marginals`) and which options there are."""
+    return xt_mutual_information(x, t, estimators=("smile",), **options)["smile"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

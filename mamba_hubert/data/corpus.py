@@ -23,6 +23,7 @@ import argparse
 import bisect
 import ctypes
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -30,7 +31,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import zlib
@@ -43,12 +43,13 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from mamba_hubert.frames import conv_output_length, receptive_field
+from mamba_hubert.command_line import one_line_errors, setup_logging
+from mamba_hubert.models.frames import conv_output_length, receptive_field
 
 SAMPLE_RATE = 16000
 MIN_SECONDS, MAX_SECONDS = 1.0, 6.0
 # TTS engines emit exact digital silence; an all-zero window makes the extractor's per-frame layer norm
-# divide by ~sqrt(eps) and gradients explode (seen: grad norm 6e11). A -66 dBFS noise floor, seeded per
+# divide by ~sqrt(eps) and gradients explode. A -66 dBFS noise floor, seeded per
 # utterance so the corpus stays deterministic, is what any recording has anyway.
 NOISE_FLOOR = 10 ** (-66 / 20)
 SPLIT_SHARE = {"train": 0.8, "valid": 0.1, "test": 0.1}
@@ -622,8 +623,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus in --out")
     args = parser.parse_args(argv)
-    build_corpus(args.out, args.minutes, args.jobs, args.seed, args.overwrite,
-                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    setup_logging()
+    if not args.minutes > 0:
+        parser.error(f"--minutes must be positive, got {args.minutes:g}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file, not a directory")
+    with one_line_errors(parser.prog):
+        build_corpus(args.out, args.minutes, args.jobs, args.seed, args.overwrite, log=logging.getLogger(__name__).info)
 
 
 if __name__ == "__main__":

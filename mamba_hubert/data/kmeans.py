@@ -1,6 +1,6 @@
 """HuBERT pseudo-labels with fairseq's own k-means scripts (examples/hubert/simple_kmeans in fairseq).
 
-    python -m mamba_hubert.data.kmeans --feat-dir F --label-dir OUT --splits train valid test --n-clusters K \
+    mamba-hubert-kmeans --feat-dir F --label-dir OUT --splits train valid test --n-clusters K \
         [--nshard 1] [--percent 1.0] [--fit-split train] [--seed 0] [--n-init 20] [--max-iter 100]
 
 Fits k-means with learn_kmeans.py on the fit split's feature shards ({split}_{rank}_{nshard}.npy/.len, as
@@ -11,11 +11,16 @@ hubert_pretraining task reads (task.label_dir, task.labels=["km"]).
 
 import argparse
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from mamba_hubert.command_line import one_line_errors, setup_logging
+
+logger = logging.getLogger(__name__)
 
 
 def simple_kmeans_dir() -> Path:
@@ -55,12 +60,12 @@ def run_kmeans(feat_dir: str, label_dir: str, splits: Sequence[str], n_clusters:
     """
     os.makedirs(label_dir, exist_ok=True)
     km_path = os.path.join(label_dir, f"kmeans_{n_clusters}.joblib")
-    print(f"[kmeans] fitting {n_clusters} clusters on {fit_split} ({feat_dir})", file=sys.stderr, flush=True)
+    logger.info("fitting %d clusters on %s (%s)", n_clusters, fit_split, feat_dir)
     log = _run("learn_kmeans.py", feat_dir, fit_split, nshard, km_path, n_clusters, "--seed", seed,
                "--percent", percent, "--n_init", n_init, "--max_iter", max_iter)
     inertia = [line for line in log.splitlines() if "total intertia" in line]  # fairseq's spelling
     if inertia:
-        print(f"[kmeans] {inertia[-1].split('|')[-1].strip()}", file=sys.stderr, flush=True)
+        logger.info("%s", inertia[-1].split("|")[-1].strip())
     for split in splits:
         shards = []
         for rank in range(nshard):
@@ -74,12 +79,12 @@ def run_kmeans(feat_dir: str, label_dir: str, splits: Sequence[str], n_clusters:
         if [len(line.split()) for line in lines] != expected:
             raise RuntimeError(f"{split}: k-means labels do not match the feature frame counts in {feat_dir}")
         Path(label_dir, f"{split}.km").write_text("".join(line + "\n" for line in lines))
-        print(f"[kmeans] {split}: {len(lines)} utterances -> {label_dir}/{split}.km", file=sys.stderr, flush=True)
+        logger.info("%s: %d utterances -> %s/%s.km", split, len(lines), label_dir, split)
     Path(label_dir, "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(n_clusters)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mamba-hubert-kmeans", description=__doc__.split("\n\n")[0])
     parser.add_argument("--feat-dir", required=True, help="feature shards {split}_{rank}_{nshard}.npy/.len")
     parser.add_argument("--label-dir", required=True, help="output: {split}.km, dict.km.txt, the k-means model")
     parser.add_argument("--splits", nargs="+", default=["train", "valid", "test"])
@@ -91,8 +96,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-init", type=int, default=20, help="k-means++ initialisations (fairseq's default)")
     parser.add_argument("--max-iter", type=int, default=100)
     args = parser.parse_args(argv)
-    run_kmeans(args.feat_dir, args.label_dir, args.splits, args.n_clusters, args.nshard, args.percent,
-               args.fit_split, args.seed, args.n_init, args.max_iter)
+    setup_logging()
+    if args.n_clusters < 2:
+        parser.error(f"--n-clusters must be at least 2, got {args.n_clusters}")
+    if not os.path.isdir(args.feat_dir):
+        parser.error(f"no feature directory {args.feat_dir}")
+    with one_line_errors(parser.prog):
+        run_kmeans(args.feat_dir, args.label_dir, args.splits, args.n_clusters, args.nshard, args.percent,
+                   args.fit_split, args.seed, args.n_init, args.max_iter)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,31 @@
 """Iteration-2 features: one encoder layer's output of a trained checkpoint, in the shard format of
 fairseq's simple_kmeans (`{split}_{rank}_{nshard}.npy` + `.len`), ready for mamba_hubert.data.kmeans.
 
-    python -m mamba_hubert.data.layer_features CKPT TSV_DIR SPLIT LAYER FEAT_DIR NSHARD RANK
+    mamba-hubert-layer-features --checkpoint CKPT --data DIR --split train --layer 6 --out FEAT_DIR [--nshard --rank]
 """
 
 import argparse
+import logging
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 import soundfile as sf
 import torch
 from fairseq import checkpoint_utils
+from tqdm import tqdm
 
 import mamba_hubert  # noqa: F401  (registers the model and the checkpoint allow-list)
+from mamba_hubert.command_line import (
+    UsageError,
+    add_shard_arguments,
+    check_shard_arguments,
+    one_line_errors,
+    setup_logging,
+)
 from mamba_hubert.data.mfcc import read_manifest, shard_range
+
+logger = logging.getLogger(__name__)
 
 
 def load_encoder_model(checkpoint: str) -> torch.nn.Module:
@@ -38,8 +48,11 @@ def dump_layer_features(checkpoint: str, tsv_dir: str, split: str, layer: int, f
     root, entries = read_manifest(os.path.join(tsv_dir, f"{split}.tsv"))
     start, end = shard_range(len(entries), nshard, rank)
     model = load_encoder_model(checkpoint)
+    layers = len(model.encoder.layers)
+    if not 1 <= layer <= layers:
+        raise UsageError(f"layer {layer}: {checkpoint} has encoder layers 1 .. {layers}")
     feats = []
-    for path, _ in entries[start:end]:
+    for path, _ in tqdm(entries[start:end], desc=f"layer {layer} features, {split}", unit="utt", disable=None):
         wav, _ = sf.read(os.path.join(root, path), dtype="float32")
         feats.append(layer_features(model, wav, layer))
     os.makedirs(feat_dir, exist_ok=True)
@@ -51,19 +64,19 @@ def dump_layer_features(checkpoint: str, tsv_dir: str, split: str, layer: int, f
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint")
-    parser.add_argument("tsv_dir")
-    parser.add_argument("split")
-    parser.add_argument("layer", type=int, help="1-based encoder layer")
-    parser.add_argument("feat_dir")
-    parser.add_argument("nshard", type=int)
-    parser.add_argument("rank", type=int)
+    parser = argparse.ArgumentParser(prog="mamba-hubert-layer-features", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (mamba_hubert or hubert)")
+    parser.add_argument("--layer", type=int, required=True, help="1-based encoder layer")
+    add_shard_arguments(parser)
     args = parser.parse_args(argv)
-    path = dump_layer_features(args.checkpoint, args.tsv_dir, args.split, args.layer, args.feat_dir, args.nshard,
-                               args.rank)
-    print(f"[layer_features] {args.split} shard {args.rank}/{args.nshard} layer {args.layer} -> {path}",
-          file=sys.stderr)
+    setup_logging()
+    if not os.path.isfile(args.checkpoint):
+        parser.error(f"checkpoint not found: {args.checkpoint}")
+    check_shard_arguments(parser, args)
+    with one_line_errors(parser.prog):
+        path = dump_layer_features(args.checkpoint, args.data, args.split, args.layer, args.out, args.nshard,
+                                   args.rank)
+    logger.info("%s shard %d/%d, layer %d -> %s", args.split, args.rank, args.nshard, args.layer, path)
 
 
 if __name__ == "__main__":

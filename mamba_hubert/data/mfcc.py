@@ -1,6 +1,6 @@
 """MFCC + delta + delta-delta features (39 dims, 100 Hz) for HuBERT's first k-means iteration.
 
-    python -m mamba_hubert.data.mfcc TSV_DIR SPLIT FEAT_DIR NSHARD RANK [--sample_rate 16000]
+    mamba-hubert-mfcc --data DIR --split train --out FEAT_DIR [--nshard 1 --rank 0] [--sample-rate 16000]
 
 The features are those of fairseq's examples/hubert/simple_kmeans/dump_mfcc_feature.py (torchaudio's Kaldi
 MFCC with use_energy=False and no dither, then torchaudio's compute_deltas twice, concatenated as
@@ -11,13 +11,18 @@ FEAT_DIR/{split}_{rank}_{nshard}.npy holds the frames of every utterance of the 
 """
 
 import argparse
+import logging
 import os
-import sys
 from collections.abc import Sequence
 
 import kaldi_native_fbank as knf
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
+
+from mamba_hubert.command_line import add_shard_arguments, check_shard_arguments, one_line_errors, setup_logging
+
+logger = logging.getLogger(__name__)
 
 FRAME_MS, SHIFT_MS = 25, 10  # Kaldi's default window and hop
 
@@ -90,7 +95,8 @@ def dump_mfcc(tsv_dir: str, split: str, feat_dir: str, nshard: int, rank: int, s
     # Frame counts are known from the manifest, so the .npy is written in place without holding it in memory.
     out = np.lib.format.open_memmap(f"{stem}.npy", mode="w+", dtype=np.float32, shape=(sum(lengths), 39))
     offset = 0
-    for (path, num_samples), length in zip(entries, lengths):
+    for (path, num_samples), length in tqdm(zip(entries, lengths), total=len(entries), desc=f"MFCC {split}",
+                                            unit="utt", disable=None):
         wav, sr = sf.read(os.path.join(root, path), dtype="float32")
         if sr != sample_rate or wav.ndim != 1 or len(wav) != num_samples:
             raise ValueError(f"{path}: expected mono {sample_rate} Hz with {num_samples} samples (manifest), "
@@ -108,16 +114,15 @@ def dump_mfcc(tsv_dir: str, split: str, feat_dir: str, nshard: int, rank: int, s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("tsv_dir")
-    parser.add_argument("split")
-    parser.add_argument("feat_dir")
-    parser.add_argument("nshard", type=int)
-    parser.add_argument("rank", type=int)
-    parser.add_argument("--sample_rate", type=int, default=16000)
+    parser = argparse.ArgumentParser(prog="mamba-hubert-mfcc", description=__doc__.split("\n\n")[0])
+    add_shard_arguments(parser)
+    parser.add_argument("--sample-rate", type=int, default=16000)
     args = parser.parse_args(argv)
-    path = dump_mfcc(args.tsv_dir, args.split, args.feat_dir, args.nshard, args.rank, args.sample_rate)
-    print(f"[mfcc] {args.split} shard {args.rank}/{args.nshard} -> {path}", file=sys.stderr)
+    setup_logging()
+    check_shard_arguments(parser, args)
+    with one_line_errors(parser.prog):
+        path = dump_mfcc(args.data, args.split, args.out, args.nshard, args.rank, args.sample_rate)
+    logger.info("%s shard %d/%d -> %s", args.split, args.rank, args.nshard, path)
 
 
 if __name__ == "__main__":

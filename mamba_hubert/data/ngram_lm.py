@@ -1,6 +1,6 @@
 """Word n-gram LM in ARPA format for lexicon + LM decoding (`--ctc-lexicon/--ctc-lm`), estimated by IRSTLM.
 
-    python -m mamba_hubert.data.ngram_lm CORPUS/lm.txt CORPUS/lm.arpa [--order 3] [--smoothing ikn]
+    mamba-hubert-lm --text CORPUS/lm.txt --out CORPUS/lm.arpa [--order 3] [--smoothing ikn]
 
 IRSTLM (Debian package `irstlm`) estimates an interpolated LM, by default with its improved Kneser-Ney
 smoothing (`ikn`), which needs enough text to count how many n-grams occur once, twice, ...; Witten-Bell
@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from mamba_hubert.command_line import one_line_errors, setup_logging
 
 TLM_PATHS = ("tlm", "/usr/lib/irstlm/bin/tlm")  # Debian installs IRSTLM's tools outside PATH
 
@@ -48,13 +50,19 @@ def build_arpa(text: Path, arpa: Path, order: int = 3, smoothing: str = "ikn") -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mamba_hubert.data.ngram_lm", description=__doc__.split("\n\n")[0])
-    parser.add_argument("text", type=Path, help="training text, one sentence per line (the corpus's lm.txt)")
-    parser.add_argument("arpa", type=Path, help="output ARPA file")
+    parser = argparse.ArgumentParser(prog="mamba-hubert-lm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text", type=Path, required=True, help="training text, one sentence per line (lm.txt)")
+    parser.add_argument("--out", type=Path, required=True, help="output ARPA file")
     parser.add_argument("--order", type=int, default=3)
     parser.add_argument("--smoothing", default="ikn", help="IRSTLM's -lm method: ikn, kn, msb, wb, ...")
     args = parser.parse_args(argv)
-    print(build_arpa(args.text, args.arpa, args.order, args.smoothing))
+    setup_logging()
+    if not args.text.is_file():
+        parser.error(f"no text file {args.text}")
+    if args.order < 1:
+        parser.error(f"--order must be at least 1, got {args.order}")
+    with one_line_errors(parser.prog):
+        print(build_arpa(args.text, args.out, args.order, args.smoothing))
 
 
 if __name__ == "__main__":

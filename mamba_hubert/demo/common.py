@@ -2,6 +2,7 @@
 fine-tuned model, run `mamba-hubert-mi` on a checkpoint, and read fairseq's json logs."""
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -9,26 +10,23 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from mamba_hubert.analysis.plots import line_figure
 from mamba_hubert.data.corpus import build_corpus
 from mamba_hubert.data.kmeans import run_kmeans
 from mamba_hubert.data.mfcc import dump_mfcc
 from mamba_hubert.data.ngram_lm import build_arpa
-from mamba_hubert.pipeline import generate_wer, run_console_script
+from mamba_hubert.demo.fairseq_tools import generate_wer, run_console_script
 
+logger = logging.getLogger("mamba_hubert.demo")
 SPLITS = ("train", "valid", "test")
-# Lexicon + LM decoding: chosen on the valid split of a development run of the demo (grid 1-6 x -1-3).
+# Lexicon + LM decoding: chosen on the valid split of a development run of the demo (docs/DEMO_TUNING.md).
 LM_WEIGHT = 2.0
 WORD_SCORE = 0.0
 _JSON_LOG = re.compile(r"\[(train_inner|train|valid)\]\[INFO\] - (\{.*\})")
 
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    logger.info("%s", message)
 
 
 def prefixed(name: str) -> Callable[[str], None]:
@@ -55,18 +53,12 @@ def read_metrics(log_text: str) -> dict[str, list[dict]]:
 
 
 def plot_curves(curves: dict[str, dict[str, list[dict]]], key: str, kind: str, ylabel: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """One fairseq log value (`key` of the `kind` records) against the update, one line per run."""
     x_key = "valid_num_updates" if kind == "valid" else "num_updates"
-    for name, metrics in curves.items():
-        rows = [r for r in metrics[kind] if key in r and x_key in r]
-        ax.plot([float(r[x_key]) for r in rows], [float(r[key]) for r in rows], label=name)
-    ax.set_xlabel("update")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with line_figure(path, "update", ylabel, (6, 4)) as ax:
+        for name, metrics in curves.items():
+            rows = [r for r in metrics[kind] if key in r and x_key in r]
+            ax.plot([float(r[x_key]) for r in rows], [float(r[key]) for r in rows], label=name)
 
 
 @dataclass(frozen=True)
@@ -114,9 +106,9 @@ def decode_test(data: DemoData, checkpoint: Path, model_dir: Path, echo: Callabl
                 times: dict[str, float], name: str) -> tuple[float, float]:
     """Test WER of a fine-tuned checkpoint by fairseq-generate: (greedy, lexicon + LM)."""
     wer = timed(times, f"decode {name}", generate_wer, data.corpus, data.corpus, checkpoint, "test",
-                model_dir / "generate_test.log", echo, 1)
+                model_dir / "decode_greedy", echo, 1)
     wer_lm = timed(times, f"decode {name} with lexicon + LM", generate_wer, data.corpus, data.corpus, checkpoint,
-                   "test", model_dir / "generate_test_lm.log", echo, 1, data.lm_decoding)
+                   "test", model_dir / "decode_lm", echo, 1, data.lm_decoding)
     return wer, wer_lm
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
 from mamba_hubert.analysis.verdict import RULE_SUMMARY
+from mamba_hubert.command_line import setup_logging
 from mamba_hubert.demo.common import (
     LM_WEIGHT,
     WORD_SCORE,
@@ -27,8 +28,8 @@ from mamba_hubert.demo.common import (
     run_jobs,
     timed,
 )
+from mamba_hubert.demo.fairseq_tools import hydra_train
 from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters
-from mamba_hubert.pipeline import hydra_train
 
 # title -> (pretraining config, fine-tuned and decoded?)
 MODELS = {
@@ -102,8 +103,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     def analyse(name: str, checkpoint: Path, part: str) -> dict:
         return layerwise_mi_of(checkpoint, name, out / "mi" / "parts" / part, mi_args, times)
 
-    # Two jobs at a time, one thread each: on 2 cores ~1.4x faster than one job on 2 threads, while a third
-    # process halves the throughput. A model's MI starts as soon as its checkpoint exists and a core is free.
+    # Two jobs at a time, one thread each: the fastest use of 2 cores for models this small (docs/DEMO_TUNING.md).
+    # A model's MI starts as soon as its checkpoint exists and a core is free.
     graph = {}
     for title, (config, finetuned) in MODELS.items():
         graph[f"pretrain {config}"] = ((), lambda t=title, c=config, f=finetuned: pretrain(t, c, f))
@@ -209,9 +210,7 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
-    # More audio costs ~1 s per minute to synthesise but, at these update counts, buys little: measured with ConBiMamba
-    # (1,500 + 2,000 updates), valid letter errors 36.0% / 35.1% / 34.0% at 60 / 90 / 120 minutes, WER on the
-    # 60-minute corpus's test split 81.1% / 81.6% / 80.2%.
+    # at these update counts more audio buys little (docs/DEMO_TUNING.md)
     parser.add_argument("--minutes", type=float, default=60.0, help="corpus size (all splits)")
     # sized so that the whole demo takes under 30 minutes on 2 cores
     parser.add_argument("--pretrain-updates", type=int, default=1500)
@@ -222,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    setup_logging()
     run_demo(args.out, args.minutes, args.pretrain_updates, args.finetune_updates, args.clusters, args.jobs,
              args.seed, args.pretrain_only_updates)
 

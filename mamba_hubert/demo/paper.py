@@ -31,6 +31,7 @@ from fairseq import checkpoint_utils
 from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
 from mamba_hubert.analysis.layerwise import XT_KEYS
 from mamba_hubert.analysis.verdict import RULE_SUMMARY
+from mamba_hubert.command_line import setup_logging
 from mamba_hubert.demo.common import (
     DemoData,
     decode_test,
@@ -44,7 +45,7 @@ from mamba_hubert.demo.common import (
     run_jobs,
     timed,
 )
-from mamba_hubert.pipeline import hydra_train
+from mamba_hubert.demo.fairseq_tools import hydra_train
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lr-grid", type=float, nargs="+", help="instead of the comparison: train every model at "
                         "each of these learning rates and score it on the valid split")
     args = parser.parse_args(argv)
+    setup_logging()
     for name in ("pretrain_updates", "finetune_updates", "reconstruction_updates", "clusters", "jobs",
                  "mi_utterances", "mi_iterations"):
         if getattr(args, name) < 1:

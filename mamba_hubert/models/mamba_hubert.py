@@ -2,7 +2,6 @@
 (seed, update, utterance ids) (`seeded_masks`).
 """
 
-import copy
 import logging
 from dataclasses import dataclass
 
@@ -13,13 +12,12 @@ from fairseq.data.dictionary import Dictionary
 from fairseq.models import register_model
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
-from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from mamba_hubert.frames import conv_output_lengths
 from mamba_hubert.models.encoder_config import MambaLayerConfig
+from mamba_hubert.models.frames import conv_output_lengths
 from mamba_hubert.models.seeded_masks import SeededMasking
-from mamba_hubert.modules.encoder import MambaEncoder
+from mamba_hubert.modules.encoder import MambaEncoder, fairseq_buildable
 from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm
 
 logger = logging.getLogger(__name__)
@@ -30,30 +28,14 @@ class MambaHubertConfig(MambaLayerConfig, HubertConfig):
     """fairseq's HubertConfig with the plugin's layer types and Mamba fields."""
 
 
-def _without_encoder_layers(cfg):
-    """A copy of `cfg` asking for no encoder layers, so HubertModel's own init builds no Transformer stack. Its
-    throwaway encoder still builds a positional conv, which fairseq cannot size at `conv_pos=0` (division by
-    zero), so it gets a 1-wide one; our MambaEncoder, built from the real cfg, has none."""
-    cfg = copy.deepcopy(cfg)
-    throwaway = {"encoder_layers": 0, "layer_type": "transformer", "conv_pos": max(cfg.conv_pos, 1)}
-    if isinstance(cfg, DictConfig):
-        with open_dict(cfg):
-            for key, value in throwaway.items():
-                setattr(cfg, key, value)
-    else:
-        for key, value in throwaway.items():
-            setattr(cfg, key, value)
-    return cfg
-
-
 @register_model("mamba_hubert", dataclass=MambaHubertConfig)
 class MambaHubertModel(SeededMasking, HubertModel):
     def __init__(
         self, cfg: MambaHubertConfig, task_cfg: HubertPretrainingConfig, dictionaries: list[Dictionary | None]
     ) -> None:
-        super().__init__(_without_encoder_layers(cfg), task_cfg, dictionaries)
-        logger.info("MambaHubertModel: the config above was HubertModel's, minus the encoder; encoder: %s x %s",
-                    cfg.encoder_layers, cfg.layer_type)
+        # HubertModel builds its own encoder from the config: an empty one here, replaced by ours
+        super().__init__(fairseq_buildable(cfg, encoder_layers=0, layer_type="transformer"), task_cfg, dictionaries)
+        logger.info("MambaHubertModel: encoder %s x %s", cfg.encoder_layers, cfg.layer_type)
         self.encoder = MambaEncoder(cfg)
         self.conv_layers = eval(cfg.conv_feature_layers)  # fairseq stores this field as a Python literal
         block = self.feature_extractor.conv_layers[0]

@@ -33,8 +33,8 @@ class ZeroPositionalConv(nn.Module):
         return torch.zeros_like(x)
 
 
-class _ArgsOverride:
-    """Reads through to `args` except for the given fields (fairseq's parent init cannot build conv_pos=0)."""
+class ArgsOverride:
+    """Reads through to `args` except for the given fields."""
 
     def __init__(self, args, **overrides) -> None:
         self._args = args
@@ -45,14 +45,25 @@ class _ArgsOverride:
             return self._overrides[name]
         return getattr(self._args, name)
 
+    def __repr__(self) -> str:
+        return f"{self._args} with {self._overrides}"
+
+
+def fairseq_buildable(args, **overrides) -> ArgsOverride:
+    """`args` with `overrides`, in a form fairseq's wav2vec2 TransformerEncoder can build: its positional conv divides
+    by the conv width, so `conv_pos=0` (no positional conv, no look-ahead) becomes a 2-wide conv that the caller
+    replaces (MambaEncoder) or discards."""
+    if args.conv_pos == 0:
+        overrides.setdefault("conv_pos", 2)
+    return ArgsOverride(args, **overrides)
+
 
 class MambaEncoder(TransformerEncoder):
     def __init__(self, args) -> None:
         if args.layer_type not in LAYER_TYPES:
             raise ValueError(f"layer_type must be one of {LAYER_TYPES}, got {args.layer_type!r}")
-        no_pos_conv = args.conv_pos == 0
-        super().__init__(_ArgsOverride(args, conv_pos=2) if no_pos_conv else args)
-        if no_pos_conv:
+        super().__init__(fairseq_buildable(args))
+        if args.conv_pos == 0:
             self.pos_conv = ZeroPositionalConv()
         # fairseq's init_bert_params (run by the parent) zeroes every Linear bias, the dt bias included.
         for module in self.modules():

@@ -5,10 +5,10 @@ fairseq-generate."""
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
 from fairseq.data.audio.hubert_dataset import HubertDataset
 from fairseq.logging import metrics
+from fairseq.models.hubert.hubert_asr import HubertCtc
 from fairseq.tasks import register_task
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask, LabelEncoder
 from omegaconf import II
@@ -17,6 +17,7 @@ from mamba_hubert.analysis.layerwise import XT_KEYS, layerwise_mi
 from mamba_hubert.data.check import validate_or_raise
 from mamba_hubert.models.seeded_masks import seeded_span_masks
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
+from mamba_hubert.tasks.seeded_crops import SeededCrops
 
 
 @dataclass
@@ -50,31 +51,14 @@ class MambaHubertPretrainingConfig(HubertPretrainingConfig):
         default=25.0, metadata={"help": "hypotheses scoring this far below the best are dropped"})
 
 
-class SeededCropHubertDataset(HubertDataset):
-    """HubertDataset whose random crops are drawn from (seed, epoch, the batch's utterance ids). fairseq's draws
-    come from numpy's global generator, seeded once per process and not saved in checkpoints, so a resumed run
-    cropped differently from the run it continues (seen: losses diverged from the first update after resuming)."""
-
-    def __init__(self, *args, seed: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.seed = seed
-        self.epoch = 1
-        self.crop_rng = np.random.default_rng(seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.epoch = epoch
-
-    def collater(self, samples: list[dict]) -> dict:
-        # fairseq crops the batch's utterances in order, so one generator per batch fixes every crop.
-        self.crop_rng = np.random.default_rng([self.seed, self.epoch, *(sample["id"] for sample in samples)])
-        return super().collater(samples)
+class SeededCropHubertDataset(SeededCrops, HubertDataset):
+    """HubertDataset whose random crops follow from (seed, epoch, the batch's utterance ids)."""
 
     def crop_to_max_size(self, wav: torch.Tensor, target_size: int) -> tuple[torch.Tensor, int]:
         excess = len(wav) - target_size
         if not self.random_crop or excess <= 0:
             return super().crop_to_max_size(wav, target_size)
-        start = int(self.crop_rng.integers(0, excess + 1))
+        start = self.crop_start(excess)
         return wav[start : start + target_size], start
 
 
@@ -169,7 +153,11 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
         """CTC decoding of a fine-tuned model (fairseq-generate); needs `--fine-tuning --labels '["ltr"]'`.
         Greedy, or a lexicon + KenLM beam search with `--ctc-lexicon PATH --ctc-lm PATH`."""
         if not self.cfg.fine_tuning:
-            raise ValueError("decoding needs the fine-tuning labels: pass --fine-tuning --labels '[\"ltr\"]'")
+            raise SystemExit("decoding needs the fine-tuning labels: pass --fine-tuning --labels '[\"ltr\"]'")
+        if not all(isinstance(model, HubertCtc) for model in models):
+            names = ", ".join(sorted({type(model).__name__ for model in models}))
+            raise SystemExit(f"fairseq-generate decodes fine-tuned CTC models (hubert_ctc, mamba_hubert_asr); "
+                             f"--path holds {names}, a pretraining checkpoint: fine-tune it first")
         dictionary = self.target_dictionary
         blank = dictionary.index(self.blank_symbol)
         if (self.cfg.ctc_lexicon is None) != (self.cfg.ctc_lm is None):

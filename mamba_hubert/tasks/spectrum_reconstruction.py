@@ -6,7 +6,6 @@ so a resumed run replays the one it continues."""
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from fairseq.data import FileAudioDataset
 from fairseq.dataclass import FairseqDataclass
@@ -15,6 +14,7 @@ from omegaconf import II, MISSING
 
 from mamba_hubert.data.check import validate_or_raise
 from mamba_hubert.models.seeded_masks import seeded_span_masks
+from mamba_hubert.tasks.seeded_crops import SeededCrops
 
 
 @dataclass
@@ -27,30 +27,13 @@ class SpectrumReconstructionTaskConfig(FairseqDataclass):
     seed: int = field(default=II("common.seed"), metadata={"help": "seeds random crops and masks"})
 
 
-class SeededCropAudioDataset(FileAudioDataset):
-    """FileAudioDataset (each batch cropped to its shortest utterance) whose random crop offsets come from
-    (seed, epoch, the batch's utterance ids) instead of numpy's global generator."""
-
-    def __init__(self, *args, seed: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.seed = seed
-        self.epoch = 1
-        self.crop_rng = np.random.default_rng(seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.epoch = epoch
-
-    def collater(self, samples: list[dict]) -> dict:
-        self.crop_rng = np.random.default_rng([self.seed, self.epoch, *(sample["id"] for sample in samples)])
-        return super().collater(samples)
+class SeededCropAudioDataset(SeededCrops, FileAudioDataset):
+    """FileAudioDataset (each batch cropped to its shortest utterance) whose crops follow from (seed, epoch, the
+    batch's utterance ids)."""
 
     def crop_to_max_size(self, t: torch.Tensor, target_size: int, dim: int = 0) -> torch.Tensor:
         excess = t.size(dim) - target_size
-        if excess <= 0:
-            return t
-        start = int(self.crop_rng.integers(0, excess + 1))
-        return t.narrow(dim, start, target_size)
+        return t if excess <= 0 else t.narrow(dim, self.crop_start(excess), target_size)
 
 
 @register_task("spectrum_reconstruction", dataclass=SpectrumReconstructionTaskConfig)

@@ -1,10 +1,9 @@
-"""Multi-process training on CPU (gloo) through fairseq's own distributed engine.
+"""`all_gather_list` off NCCL, for multi-process training on CPU (gloo) (fairseq-fixed 0.12.3.1).
 
 fairseq's trainer syncs HuBERT's logging outputs (which cannot simply be summed) with
 `fairseq.distributed.utils.all_gather_list`, which stages the pickled data in a `torch.cuda.ByteTensor`
 buffer and all-reduces it: on a machine without CUDA a multi-process gloo run dies at its first update
-(seen here: two gloo ranks of `mamba_hubert` failed at update 1 with "TypeError: type torch.cuda.ByteTensor not
-available").
+("TypeError: type torch.cuda.ByteTensor not available").
 
 `install()` puts a wrapper in its place that, for groups whose backend is not NCCL, gathers the objects with
 `torch.distributed.all_gather_object` (gloo sends CPU tensors); NCCL groups and TPUs keep fairseq's function.

@@ -27,11 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_hubert.frames import conv_output_length, receptive_field
-from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
-from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, ConvolutionModule, MambaEncoderLayer
-from mamba_hubert.modules.mamba import Mamba
-from mamba_hubert.streaming import (
+from mamba_hubert.inference.streaming import (
     MambaState,
     after_mixer,
     causal_layer_chunk,
@@ -39,6 +35,10 @@ from mamba_hubert.streaming import (
     mixer_input,
     scan_branch_chunk,
 )
+from mamba_hubert.models.frames import conv_output_length, receptive_field
+from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
+from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, ConvolutionModule, MambaEncoderLayer
+from mamba_hubert.modules.mamba import Mamba
 
 GroupStats = tuple[torch.Tensor, torch.Tensor]  # per-group mean and variance, float64
 

@@ -1,4 +1,5 @@
-"""Safe loading of fairseq checkpoints under torch >= 2.6, whose `torch.load` unpickles with weights_only=True.
+"""Safe loading of fairseq checkpoints under torch >= 2.6, whose `torch.load` unpickles with weights_only=True
+(fairseq-fixed 0.12.3.1 calls `torch.load` without `weights_only`).
 
 fairseq calls `torch.load` without `weights_only`, so under torch >= 2.6 its checkpoints fail to load: their
 pickles name classes outside torch's default allow-list. Setting TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD would

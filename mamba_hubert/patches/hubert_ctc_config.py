@@ -1,4 +1,4 @@
-"""A fix for fairseq-fixed 0.12.3.1 that `hubert_ctc` needs, applied when the plugin is imported.
+"""`hubert_ctc`'s missing `autoregressive` field (fairseq-fixed 0.12.3.1).
 
 Its HubertEncoder reads `cfg.autoregressive`, a field that HubertCtcConfig does not define, so every
 `hubert_ctc` fine-tuning run (on fairseq's own HuBERT too) stops with ConfigAttributeError. We register a
@@ -11,7 +11,8 @@ import dataclasses
 from fairseq.models import MODEL_DATACLASS_REGISTRY
 
 
-def add_hubert_ctc_autoregressive_field() -> None:
+def install() -> None:
+    """Registers hubert_ctc's config with an `autoregressive` field (False); idempotent."""
     base = MODEL_DATACLASS_REGISTRY.get("hubert_ctc")
     if base is None or "autoregressive" in {f.name for f in dataclasses.fields(base)}:
         return

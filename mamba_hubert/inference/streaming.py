@@ -8,7 +8,7 @@ samples), and for every Mamba layer its conv tail (d_conv - 1 frames) and SSM st
 CNN and every layer at once, the scan resuming from the carried state in one call of the fused kernel.
 
 The chunk-level building blocks here (a Mamba block on a chunk with carried state, the eval-mode parts of a
-Mamba encoder layer) are shared with `mamba_hubert.long_form`.
+Mamba encoder layer) are shared with `mamba_hubert.inference.long_form`.
 """
 
 import functools
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_hubert.frames import conv_output_length, receptive_field
+from mamba_hubert.models.frames import conv_output_length, receptive_field
 from mamba_hubert.modules.encoder import ZeroPositionalConv
 from mamba_hubert.modules.layers import MambaEncoderLayer
 from mamba_hubert.modules.mamba import Mamba

@@ -1,12 +1,10 @@
-"""Atomic checkpoint writes for fairseq's `save_checkpoint`.
+"""Atomic checkpoint copies for fairseq's `save_checkpoint` (fairseq-fixed 0.12.3.1).
 
 fairseq writes the first file of a save (e.g. `checkpoint_1_500.pt`, or `checkpoint_best.pt`) atomically: to
 `<name>.tmp`, then a rename. It then copies that file onto the others (`checkpoint_best.pt`,
 `checkpoint_last.pt`) with `PathManager.copy`, i.e. `shutil.copyfile`, which truncates the destination and
 rewrites it in place: a run killed during that copy leaves a truncated `checkpoint_last.pt`, the very file a
-restarted run resumes from, and fairseq does not fall back to an older checkpoint (seen here: SIGKILL right
-after fairseq logged "Finished saving checkpoint" left a 0-byte `checkpoint_last.pt` in 1 of 10 tries; killing
-a loop of such copies at random times tore the destination 9 times in 10).
+restarted run resumes from, and fairseq does not fall back to an older checkpoint.
 
 `install()` hands fairseq's `checkpoint_utils` a PathManager whose `copy` writes `<destination>.tmp` in the
 destination's folder, flushes it to disk and renames it over the destination, so a reader (or a restarted

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-PLUGIN_DIR = Path(__file__).resolve().parent
+PLUGIN_DIR = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = PLUGIN_DIR.parent / "examples" / "config"
 PROGRESS_MARKERS = ("[train_inner]", "[train]", "[valid]", "done training", "WER:", "Error", "error:")
-_WER = re.compile(r"WER: ([0-9.]+)")
+_WER = re.compile(r"^Generate .* WER: ([0-9.]+)$", re.MULTILINE)
 
 
 def run_console_script(args: list[str], log_path: Path, echo: Callable[[str], None] | None = None,
@@ -49,19 +49,28 @@ def hydra_train(config: str, overrides: list[str], log_path: Path, echo: Callabl
     return run_console_script(args, log_path, echo, threads)
 
 
-def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str, log_path: Path,
+def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str, results_dir: Path,
                  echo: Callable[[str], None] | None = None, threads: int | None = None,
                  decoder_args: Sequence[str] = ()) -> float:
-    """Decodes `subset` with `fairseq-generate --scoring wer` and returns the WER it prints: greedy CTC, or
-    what `decoder_args` choose (e.g. `--ctc-lexicon L --ctc-lm LM`)."""
-    output = run_console_script(
+    """Decodes `subset` with `fairseq-generate --scoring wer --results-path results_dir`: greedy CTC, or what
+    `decoder_args` choose (e.g. `--ctc-lexicon L --ctc-lm LM`). fairseq writes the hypotheses and its scorer's line
+    to `generation_results(results_dir, subset)`; the console log goes to results_dir/generate.log. Returns the WER
+    of that scorer line."""
+    run_console_script(
         ["fairseq-generate", str(data_dir), "--user-dir", str(PLUGIN_DIR), "--task", "mamba_hubert_pretraining",
          "--fine-tuning", "--labels", '["ltr"]', "--single-target", "--pad-audio", "--label-dir", str(label_dir),
          "--path", str(checkpoint), "--gen-subset", subset, "--scoring", "wer", "--post-process", "letter",
-         "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1", *decoder_args],
-        log_path, echo, threads,
+         "--cpu", "--max-tokens", "1000000", "--required-batch-size-multiple", "1", "--results-path",
+         str(results_dir), *decoder_args],
+        results_dir / "generate.log", echo, threads,
     )
-    match = _WER.search(output)
-    if match is None:
-        raise RuntimeError(f"fairseq-generate printed no WER; log: {log_path}")
-    return float(match.group(1))
+    results = generation_results(results_dir, subset)
+    scores = _WER.findall(results.read_text())
+    if len(scores) != 1:
+        raise RuntimeError(f"fairseq-generate wrote {len(scores)} WER lines to {results}")
+    return float(scores[0])
+
+
+def generation_results(results_dir: Path, subset: str) -> Path:
+    """The file fairseq-generate writes with `--results-path`: S-/T-/H-/D-/P- lines, then its scorer's result."""
+    return results_dir / f"generate-{subset}.txt"

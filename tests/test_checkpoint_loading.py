@@ -1,4 +1,4 @@
-"""mamba_hubert.checkpoint_safety: fairseq and mamba_hubert checkpoints load under torch's weights_only
+"""mamba_hubert.patches.checkpoint_loading: fairseq and mamba_hubert checkpoints load under torch's weights_only
 unpickler with no environment flags; pickled callables are refused without running; bad files give clear
 errors."""
 
@@ -22,16 +22,16 @@ from fairseq.models.hubert import HubertModel
 from omegaconf import OmegaConf
 from torch import _weights_only_unpickler
 
-from mamba_hubert import checkpoint_safety
 from mamba_hubert.models import MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
+from mamba_hubert.patches import checkpoint_loading
 from tests.fairseq_runs import TINY_CONV
 
 
 @pytest.fixture(autouse=True)
 def _no_unsafe_env(monkeypatch):
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    checkpoint_safety.install()
+    checkpoint_loading.install()
 
 
 def _pickle_globals(path: Path) -> set:
@@ -112,7 +112,7 @@ def test_legacy_args_and_numpy_values_load(tmp_path, legacy_format):
                              "dtype": np.dtype("float16")}}
     path = tmp_path / "old.pt"
     torch.save(state, path, _use_new_zipfile_serialization=not legacy_format)
-    loaded = checkpoint_safety.load(str(path))
+    loaded = checkpoint_loading.load(str(path))
     assert vars(loaded["args"]) == vars(args)
     assert loaded["extra_state"]["best"] == 2.25 and loaded["extra_state"]["n"] == 3
     assert loaded["extra_state"]["mask"].tolist() == [True, False]
@@ -146,8 +146,8 @@ def test_pickled_callable_is_refused_and_not_run(tmp_path, via, legacy_format):
     assert marker.exists()
     marker.unlink()
 
-    for loader in (checkpoint_utils.load_checkpoint_to_cpu, checkpoint_safety.load):
-        with pytest.raises(checkpoint_safety.UnsafeCheckpointError) as raised:
+    for loader in (checkpoint_utils.load_checkpoint_to_cpu, checkpoint_loading.load):
+        with pytest.raises(checkpoint_loading.UnsafeCheckpointError) as raised:
             loader(str(path))
         message = str(raised.value)
         assert str(path) in message and ("system" in message if via == "os.system" else "exec" in message)
@@ -166,9 +166,9 @@ def test_truncated_or_corrupt_files_give_a_clear_error(tmp_path, hydra_checkpoin
     for name, content in cases.items():
         path = tmp_path / f"{name}.pt"
         path.write_bytes(content)
-        with pytest.raises(checkpoint_safety.CheckpointLoadError) as raised:
+        with pytest.raises(checkpoint_loading.CheckpointLoadError) as raised:
             checkpoint_utils.load_checkpoint_to_cpu(str(path))
-        assert type(raised.value) is checkpoint_safety.CheckpointLoadError, (name, raised.value)
+        assert type(raised.value) is checkpoint_loading.CheckpointLoadError, (name, raised.value)
         message = str(raised.value)
         assert str(path) in message and "truncated, corrupt or not a torch checkpoint" in message, name
         assert "Weights only load failed" not in message, name
@@ -187,8 +187,8 @@ def test_other_errors_pass_through(tmp_path):
 def test_install_is_idempotent():
     wrapped = checkpoint_utils.load_checkpoint_to_cpu
     count = len(torch.serialization.get_safe_globals())
-    checkpoint_safety.install()
-    checkpoint_safety.install()
+    checkpoint_loading.install()
+    checkpoint_loading.install()
     assert checkpoint_utils.load_checkpoint_to_cpu is wrapped
     assert len(torch.serialization.get_safe_globals()) == count
 
@@ -199,7 +199,7 @@ def _broadcast_worker(rank: int, port: int, checkpoint: str, results) -> None:
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        checkpoint_safety.install()
+        checkpoint_loading.install()
         # What fairseq's Trainer.load_checkpoint does with several ranks: rank 0 reads, then broadcasts.
         state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint) if rank == 0 else None
         state = distributed_utils.broadcast_object(state, src_rank=0, group=dist.group.WORLD,
