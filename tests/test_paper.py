@@ -24,8 +24,8 @@ def paper_run(tmp_path_factory):
 def test_every_model_is_trained_decoded_and_analysed(paper_run):
     results = json.loads((paper_run / "results.json").read_text())["models"]
     for model in ASR_MODELS:
-        results = generation_results(paper_run / "models" / model.key / "decode_greedy", "test")
-        printed = re.findall(r"WER: ([0-9.]+)", results.read_text())
+        generated = generation_results(paper_run / "models" / model.key / "decode_greedy", "test")
+        printed = re.findall(r"WER: ([0-9.]+)", generated.read_text())
         assert [float(w) for w in printed] == [pytest.approx(results[model.key]["test_wer"], abs=0.01)]
         assert results[model.key]["lr"] == model.lr
     assert {"loss", "mean_baseline_loss", "nearest_baseline_loss"} == set(results["reconstruction"]["valid"])
