@@ -33,6 +33,20 @@ def setup_logging() -> None:
                         level=logging.INFO, stream=sys.stderr, force=True)
 
 
+@contextmanager
+def warnings_only(*loggers: str) -> Iterator[None]:
+    """Within this block the named loggers pass warnings and errors only (e.g. fairseq's full config dump at INFO each
+    time a checkpoint is loaded)."""
+    previous = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
     """--data, --split, --out, --nshard and --rank of a tool that writes fairseq's feature shards of a manifest."""
     parser.add_argument("--data", required=True, help="directory with {split}.tsv")
