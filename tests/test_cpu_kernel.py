@@ -2,10 +2,16 @@
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.cpp_extension import _get_build_directory
 
 from mamba_hubert.ops import cpu_kernel
 from tests.conftest import load_benchmark
@@ -223,3 +229,26 @@ def test_benchmark_cli_writes_results(tmp_path):
     assert all(c["status"] == "ok" and c["time_s"] > 0 and c["peak_mb"] >= 0 for c in ours)
     table = (tmp_path / "results.md").read_text()
     assert "| forward_backward | 4 | 40 |" in table
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_later_runs(tmp_path):
+    """A process killed while building (e.g. a preempted training on first use) leaves torch's build lock behind;
+    torch waits on it forever. A lock older than any build is removed, with a warning, and the kernel loads."""
+    assert cpu_kernel.is_available()
+    name = cpu_kernel._build_name()
+    cached = _get_build_directory(name, verbose=False)
+    shutil.copytree(cached, tmp_path / name)  # the finished build, so the child process need not compile
+    lock = tmp_path / name / "lock"
+    lock.touch()
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    child = subprocess.run(
+        [sys.executable, "-c", "from mamba_hubert.ops import cpu_kernel; print(cpu_kernel.is_available())"],
+        check=True, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert child.stdout.strip() == "True", child.stderr
+    assert "stale" in child.stderr and str(lock) in child.stderr and not lock.exists()
+    young = tmp_path / "young"
+    young.mkdir()
+    (young / "lock").touch()  # a build running now keeps its lock
+    cpu_kernel.remove_stale_lock(str(young))
+    assert (young / "lock").exists()

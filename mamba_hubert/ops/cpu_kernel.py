@@ -7,17 +7,24 @@ and reports failure as False, with `unavailable_reason()` saying why, so callers
 """
 
 import hashlib
+import logging
 import os
 import subprocess
 import threading
+import time
 from types import ModuleType
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "selective_scan_cpu.cpp")
 # Portable flags only: the kernel picks AVX2+FMA or baseline code at run time, so the cached build is valid
 # on any x86-64 CPU (-march=native would break a cache shared between machines).
 _CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+# A build takes about a minute; a lock this old was left by a process killed while building, and torch would wait
+# on it forever.
+_STALE_LOCK_SECONDS = 600
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -27,11 +34,28 @@ ScanOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def _build_name() -> str:
-    """Extension name keyed by the source and flags: torch's cache decides staleness by file times only, so an
-    edited or reinstalled source with an older time stamp would otherwise load an old build."""
+    """Extension name keyed by the source, its path, the flags and torch's version: torch's cache decides staleness by
+    file times only, so an edited or reinstalled source with an older time stamp would otherwise load an old build,
+    and two checkouts sharing one build directory would rebuild it in turn, each run of one invalidating the other's."""
     with open(_SOURCE, "rb") as source:
-        digest = hashlib.sha256(source.read() + " ".join(_CFLAGS).encode()).hexdigest()[:12]
-    return f"mamba_hubert_selective_scan_cpu_{digest}"
+        key = source.read() + "\n".join([_SOURCE, *_CFLAGS, torch.__version__]).encode()
+    return f"mamba_hubert_selective_scan_cpu_{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def remove_stale_lock(build_directory: str) -> None:
+    """Removes torch's build lock in `build_directory` when it is older than any build could be."""
+    lock = os.path.join(build_directory, "lock")
+    try:
+        age = time.time() - os.path.getmtime(lock)
+    except FileNotFoundError:
+        return
+    if age > _STALE_LOCK_SECONDS:
+        logger.warning("removing a stale build lock %s (%.0f s old, left by a process killed while building)",
+                       lock, age)
+        try:
+            os.remove(lock)
+        except FileNotFoundError:  # another process removed it first
+            pass
 
 
 def _load() -> ModuleType | None:
@@ -39,8 +63,9 @@ def _load() -> ModuleType | None:
     with _lock:
         if _module is None and _reason is None:
             try:
-                from torch.utils.cpp_extension import load
+                from torch.utils.cpp_extension import _get_build_directory, load
 
+                remove_stale_lock(_get_build_directory(_build_name(), verbose=False))
                 _module = load(
                     name=_build_name(),
                     sources=[_SOURCE],
