@@ -6,12 +6,14 @@ What fairseq restores on resume: model, optimizer and lr-scheduler state, the ep
 (`iterations_in_epoch`), and torch's RNG, which it re-seeds to `seed + num_updates` before every update. What
 fairseq's HuBERT draws from unsaved generators, the plugin keys on saved state instead:
 - span masks (fairseq: `np.random.default_rng(None)`, so not even two fresh runs with the same seed agreed) are
-  drawn from (seed, update, utterance id) (mamba_hubert.models.seeded_masks.seeded_span_masks);
+  drawn from (seed, update, utterance id) (mamba_hubert.models.seeded_masks.seeded_draws);
 - random crops (fairseq: numpy's global generator, seeded once per process, so a resumed run cropped differently)
   are drawn from (seed, epoch, the batch's utterance ids) (SeededCropHubertDataset), the epoch shared with the
-  data loader's persistent workers, which fairseq keeps from epoch to epoch (mamba_hubert.tasks.seeded_crops).
+  data loader's persistent workers, which fairseq keeps from epoch to epoch (mamba_hubert.tasks.seeded_crops);
+- LayerDrop (fairseq: numpy's global generator) is drawn from (seed, update, forward within the update)
+  (mamba_hubert.modules.encoder).
 The runs below are the unpatched console script with the tiny config's defaults, random crops included, killed in
-a later epoch than the first, with and without data-loader workers.
+a later epoch than the first, once with a data-loader worker and once with LayerDrop.
 """
 
 import hashlib
@@ -33,7 +35,7 @@ from fairseq.tasks.hubert_pretraining import LabelEncoder
 
 from mamba_hubert.models.mamba_hubert import MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
-from mamba_hubert.models.seeded_masks import seeded_span_masks
+from mamba_hubert.models.seeded_masks import seeded_draws
 from mamba_hubert.patches.atomic_checkpoint_copies import AtomicCopyPathManager
 from mamba_hubert.tasks.mamba_hubert_pretraining import (
     MambaHubertPretrainingConfig,
@@ -74,7 +76,7 @@ def test_span_masks_follow_seed_update_and_utterances():
 
     def masks(seed: int, update: int, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         model.set_num_updates(update)
-        with seeded_span_masks(wrapped, seed, torch.tensor(ids)):
+        with seeded_draws(wrapped, seed, torch.tensor(ids)):
             return spans(model, ids)
 
     time, channel = masks(1, 7, [3, 8])
@@ -93,14 +95,49 @@ def test_span_masks_follow_seed_update_and_utterances():
 
 def test_span_masks_never_cover_padding_nor_depend_on_it():
     model = tiny_model("mamba", mask_prob=0.5, mask_length=5)
-    with seeded_span_masks(model, 1, torch.tensor([9])):
+    with seeded_draws(model, 1, torch.tensor([9])):
         alone, _ = spans(model, [9], frames=35)
         padded, _ = spans(model, [9], torch.arange(60)[None, :] >= 35)
     assert alone.sum() >= 5 and torch.equal(padded[:, :35], alone) and not padded[:, 35:].any()
     padding = torch.arange(60)[None, :] >= torch.tensor([60, 35])[:, None]
-    with seeded_span_masks(model, 1, torch.tensor([4, 9])):
+    with seeded_draws(model, 1, torch.tensor([4, 9])):
         batch, _ = spans(model, [4, 9], padding)
     assert not batch[padding].any() and batch[0].sum() == batch[1].sum()  # fairseq's equal mask counts per row
+
+
+def test_layerdrop_follows_seed_update_and_forward(layer_type, one_thread):
+    """fairseq's encoder drops each layer in training with probability `encoder_layerdrop`, drawn from numpy's
+    global generator, which no checkpoint holds. Inside the tasks' block the draws follow (seed, update, forward
+    within the update), so a restart replays them and every rank drops the same layers, as fairseq's
+    identically seeded generators made them (a sharded layer needs every rank)."""
+
+    def dropped(seed: int, updates: range, forwards: int = 2, ids: tuple = (3, 8),
+                training: bool = True) -> list[list[int]]:
+        model = tiny_model(layer_type, encoder_layers=4, encoder_layerdrop=0.5).train(training)  # as after a restart
+        ran = []
+        for i, layer in enumerate(model.encoder.layers):
+            layer.register_forward_pre_hook(lambda module, args, i=i: ran.append(i))
+        x = torch.randn(len(ids), 20, model.encoder.embedding_dim)
+        layers_dropped = []
+        with seeded_draws(model, seed, torch.tensor(ids)):
+            for update in updates:
+                for _ in range(forwards):  # micro-batches of one update (optimization.update_freq)
+                    model.set_num_updates(update)  # as fairseq's train_step, before each
+                    ran.clear()
+                    model.encoder(x)
+                    layers_dropped.append(sorted(set(range(4)) - set(ran)))
+        return layers_dropped
+
+    first = dropped(1, range(7, 9))
+    np.random.seed(123)  # numpy's global generator plays no part
+    assert dropped(1, range(7, 9)) == first
+    assert dropped(1, range(8, 9)) == first[2:]  # a run resumed at update 8
+    assert dropped(1, range(7, 9), ids=(5, 6)) == first  # another rank's batch
+    many = dropped(1, range(50))
+    assert 0.4 < sum(map(len, many)) / (4 * len(many)) < 0.6  # p = 0.5, 400 draws
+    assert any(many[i] != many[i + 1] for i in range(0, len(many), 2))  # fresh draws for each micro-batch
+    assert len({tuple(layers) for layers in many}) > 5 and dropped(2, range(50)) != many
+    assert not any(dropped(1, range(10), training=False))  # never in evaluation
 
 
 def crop_dataset(corpus: Path, seed: int) -> SeededCropHubertDataset:
@@ -174,7 +211,7 @@ def corpus(tmp_path_factory) -> Path:
 # 16 updates (epochs 1-3), saved every 4. The killed runs resume from the save at update 8, inside epoch 2: a resume
 # inside epoch 1 hid the data-loader workers' stale epoch.
 LONG_RUN = ["optimization.max_update=16", "checkpoint.save_interval_updates=4"]
-SETTINGS = {"workers": ["dataset.num_workers=1"], "no_workers": []}
+SETTINGS = {"workers": ["dataset.num_workers=1"], "layerdrop": ["model.encoder_layerdrop=0.3"]}
 
 
 def run_command(corpus: Path, save_dir: Path, setting: str) -> list[str]:
