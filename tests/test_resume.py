@@ -1,6 +1,7 @@
 """Interrupted training: a real fairseq-hydra-train run killed with SIGKILL mid-epoch resumes from
 `checkpoint_last.pt` and then trains exactly as an uninterrupted run with the same seed; a kill during a
-checkpoint save never leaves `checkpoint_last.pt` unreadable (mamba_hubert.patches.atomic_checkpoint_copies).
+checkpoint save never leaves `checkpoint_last.pt` unreadable (mamba_hubert.patches.atomic_checkpoint_copies); a
+finished run, rerun, trains nothing and leaves its checkpoints alone (mamba_hubert.patches.finished_run).
 
 What fairseq restores on resume: model, optimizer and lr-scheduler state, the epoch and the position in it
 (`iterations_in_epoch`), and torch's RNG, which it re-seeds to `seed + num_updates` before every update. What
@@ -21,6 +22,7 @@ import itertools
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -262,6 +264,27 @@ def test_sigkill_in_a_later_epoch_then_resume_matches_uninterrupted_run(corpus, 
     final, expected = load_state(save_dir / "checkpoint_last.pt"), load_state(whole_dir / "checkpoint_last.pt")
     assert final["extra_state"]["train_iterator"] == expected["extra_state"]["train_iterator"]
     assert_same_parameters(final["model"], expected["model"])
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_checkpoints(corpus, uninterrupted, tmp_path):
+    """Rerunning the command is how a run resumes, so it is also what a user does to a run that ended (or was
+    killed) after its last save: that must not take an update past optimization.max_update nor rewrite a file."""
+    finished, _ = uninterrupted("layerdrop")
+    save_dir = tmp_path / "checkpoints"
+    shutil.copytree(finished, save_dir)
+
+    def files() -> dict[str, tuple[int, str]]:
+        return {path.name: (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+                for path in sorted(save_dir.iterdir())}
+
+    before = files()
+    assert {"checkpoint_last.pt", "checkpoint_best.pt"} <= before.keys()
+    output = follow(start(run_command(corpus, save_dir, "layerdrop"), tmp_path), tmp_path / "rerun.log")
+    assert f"Loaded checkpoint {save_dir / 'checkpoint_last.pt'} (epoch 3 @ 16 updates)" in output
+    assert logged_records(output, "train_inner") == {}
+    assert files() == before
+    assert ("the run is already finished: the checkpoint it resumes from is at update 16 and "
+            "optimization.max_update=16; nothing to train, no checkpoint written") in output
 
 
 def test_kills_during_saves_leave_a_loadable_checkpoint_last(corpus, tmp_path):
