@@ -1,15 +1,20 @@
 """Interrupted training: a real fairseq-hydra-train run killed with SIGKILL mid-epoch resumes from
 `checkpoint_last.pt` and then trains exactly as an uninterrupted run with the same seed; a kill during a
-checkpoint save never leaves `checkpoint_last.pt` unreadable (mamba_hubert.patches.atomic_checkpoint_copies).
+checkpoint save never leaves `checkpoint_last.pt` unreadable (mamba_hubert.patches.atomic_checkpoint_copies); a
+finished run, rerun, trains nothing and leaves its checkpoints alone (mamba_hubert.patches.finished_run).
 
 What fairseq restores on resume: model, optimizer and lr-scheduler state, the epoch and the position in it
 (`iterations_in_epoch`), and torch's RNG, which it re-seeds to `seed + num_updates` before every update. What
 fairseq's HuBERT draws from unsaved generators, the plugin keys on saved state instead:
 - span masks (fairseq: `np.random.default_rng(None)`, so not even two fresh runs with the same seed agreed) are
-  drawn from (seed, update, utterance id) (mamba_hubert.models.seeded_masks.seeded_span_masks);
+  drawn from (seed, update, utterance id) (mamba_hubert.models.seeded_masks.seeded_draws);
 - random crops (fairseq: numpy's global generator, seeded once per process, so a resumed run cropped differently)
-  are drawn from (seed, epoch, the batch's utterance ids) (SeededCropHubertDataset).
-The runs below are the unpatched console script with the tiny config's defaults, random crops included.
+  are drawn from (seed, epoch, the batch's utterance ids) (SeededCropHubertDataset), the epoch shared with the
+  data loader's persistent workers, which fairseq keeps from epoch to epoch (mamba_hubert.tasks.seeded_crops);
+- LayerDrop (fairseq: numpy's global generator) is drawn from (seed, update, forward within the update)
+  (mamba_hubert.modules.encoder).
+The runs below are the unpatched console script with the tiny config's defaults, random crops included, killed in
+a later epoch than the first, once with a data-loader worker and once with LayerDrop.
 """
 
 import hashlib
@@ -17,6 +22,7 @@ import itertools
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -26,13 +32,19 @@ import numpy as np
 import pytest
 import torch
 from fairseq.file_io import PathManager
+from fairseq.tasks import FairseqTask
 from fairseq.tasks.hubert_pretraining import LabelEncoder
 
 from mamba_hubert.models.mamba_hubert import MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
-from mamba_hubert.models.seeded_masks import seeded_span_masks
+from mamba_hubert.models.seeded_masks import seeded_draws
 from mamba_hubert.patches.atomic_checkpoint_copies import AtomicCopyPathManager
-from mamba_hubert.tasks.mamba_hubert_pretraining import SeededCropHubertDataset
+from mamba_hubert.tasks.mamba_hubert_pretraining import (
+    MambaHubertPretrainingConfig,
+    MambaHubertPretrainingTask,
+    SeededCropHubertDataset,
+)
+from mamba_hubert.tasks.spectrum_reconstruction import SpectrumReconstructionTask, SpectrumReconstructionTaskConfig
 from tests.conftest import tiny_model
 from tests.fairseq_runs import (
     SMALL_MODEL,
@@ -66,7 +78,7 @@ def test_span_masks_follow_seed_update_and_utterances():
 
     def masks(seed: int, update: int, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         model.set_num_updates(update)
-        with seeded_span_masks(wrapped, seed, torch.tensor(ids)):
+        with seeded_draws(wrapped, seed, torch.tensor(ids)):
             return spans(model, ids)
 
     time, channel = masks(1, 7, [3, 8])
@@ -85,14 +97,49 @@ def test_span_masks_follow_seed_update_and_utterances():
 
 def test_span_masks_never_cover_padding_nor_depend_on_it():
     model = tiny_model("mamba", mask_prob=0.5, mask_length=5)
-    with seeded_span_masks(model, 1, torch.tensor([9])):
+    with seeded_draws(model, 1, torch.tensor([9])):
         alone, _ = spans(model, [9], frames=35)
         padded, _ = spans(model, [9], torch.arange(60)[None, :] >= 35)
     assert alone.sum() >= 5 and torch.equal(padded[:, :35], alone) and not padded[:, 35:].any()
     padding = torch.arange(60)[None, :] >= torch.tensor([60, 35])[:, None]
-    with seeded_span_masks(model, 1, torch.tensor([4, 9])):
+    with seeded_draws(model, 1, torch.tensor([4, 9])):
         batch, _ = spans(model, [4, 9], padding)
     assert not batch[padding].any() and batch[0].sum() == batch[1].sum()  # fairseq's equal mask counts per row
+
+
+def test_layerdrop_follows_seed_update_and_forward(layer_type, one_thread):
+    """fairseq's encoder drops each layer in training with probability `encoder_layerdrop`, drawn from numpy's
+    global generator, which no checkpoint holds. Inside the tasks' block the draws follow (seed, update, forward
+    within the update), so a restart replays them and every rank drops the same layers, as fairseq's
+    identically seeded generators made them (a sharded layer needs every rank)."""
+
+    def dropped(seed: int, updates: range, forwards: int = 2, ids: tuple = (3, 8),
+                training: bool = True) -> list[list[int]]:
+        model = tiny_model(layer_type, encoder_layers=4, encoder_layerdrop=0.5).train(training)  # as after a restart
+        ran = []
+        for i, layer in enumerate(model.encoder.layers):
+            layer.register_forward_pre_hook(lambda module, args, i=i: ran.append(i))
+        x = torch.randn(len(ids), 20, model.encoder.embedding_dim)
+        layers_dropped = []
+        with seeded_draws(model, seed, torch.tensor(ids)):
+            for update in updates:
+                for _ in range(forwards):  # micro-batches of one update (optimization.update_freq)
+                    model.set_num_updates(update)  # as fairseq's train_step, before each
+                    ran.clear()
+                    model.encoder(x)
+                    layers_dropped.append(sorted(set(range(4)) - set(ran)))
+        return layers_dropped
+
+    first = dropped(1, range(7, 9))
+    np.random.seed(123)  # numpy's global generator plays no part
+    assert dropped(1, range(7, 9)) == first
+    assert dropped(1, range(8, 9)) == first[2:]  # a run resumed at update 8
+    assert dropped(1, range(7, 9), ids=(5, 6)) == first  # another rank's batch
+    many = dropped(1, range(50))
+    assert 0.4 < sum(map(len, many)) / (4 * len(many)) < 0.6  # p = 0.5, 400 draws
+    assert any(many[i] != many[i + 1] for i in range(0, len(many), 2))  # fresh draws for each micro-batch
+    assert len({tuple(layers) for layers in many}) > 5 and dropped(2, range(50)) != many
+    assert not any(dropped(1, range(10), training=False))  # never in evaluation
 
 
 def crop_dataset(corpus: Path, seed: int) -> SeededCropHubertDataset:
@@ -122,43 +169,122 @@ def test_random_crops_follow_seed_epoch_and_batch(corpus):
     assert not torch.equal(crops(dataset, [0, 1, 2]), first)
 
 
+def pretraining_task(corpus: Path) -> FairseqTask:
+    return MambaHubertPretrainingTask(MambaHubertPretrainingConfig(
+        data=str(corpus), label_dir=str(corpus), labels=["km"], label_rate=100.0, random_crop=True, seed=1))
+
+
+def reconstruction_task(corpus: Path) -> FairseqTask:
+    return SpectrumReconstructionTask(SpectrumReconstructionTaskConfig(data=str(corpus), seed=1))
+
+
+def training_batches(task: FairseqTask, epochs: int, num_workers: int) -> dict[tuple, torch.Tensor]:
+    """{(epoch, utterance ids): audio} of every training batch of epochs 1..`epochs`, fetched as fairseq's train
+    loop fetches them: the task's batch iterator for each next epoch (one reused, with its data loader's persistent
+    workers, where the dataset allows)."""
+    task.load_dataset("train")
+    batches = {}
+    for epoch in range(1, epochs + 1):
+        epoch_itr = task.get_batch_iterator(task.dataset("train"), max_sentences=2, seed=1, num_workers=num_workers,
+                                            epoch=epoch)
+        for batch in epoch_itr.next_epoch_itr(shuffle=True):
+            batches[epoch, tuple(batch["id"].tolist())] = batch["net_input"]["source"]
+        assert epoch_itr.epoch == epoch
+    return batches
+
+
+@pytest.mark.parametrize("make_task", [pretraining_task, reconstruction_task], ids=["pretraining", "reconstruction"])
+def test_crops_in_data_loader_workers_follow_the_epoch(corpus, make_task):
+    in_process = training_batches(make_task(corpus), epochs=2, num_workers=0)
+    in_workers = training_batches(make_task(corpus), epochs=2, num_workers=2)
+    assert in_workers.keys() == in_process.keys()
+    for key, audio in in_process.items():
+        assert torch.equal(in_workers[key], audio), key
+    first_epoch = {ids: audio for (epoch, ids), audio in in_process.items() if epoch == 1}
+    assert any(not torch.equal(audio, first_epoch[ids])  # the epoch does change the crops
+               for (epoch, ids), audio in in_process.items() if epoch == 2 and ids in first_epoch)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return make_tone_corpus(tmp_path_factory.mktemp("tones"))
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(corpus, tmp_path):
-    def overrides(save_dir: Path) -> list[str]:
-        return pretrain_overrides(corpus, save_dir, *REPRODUCIBLE, "optimization.max_update=8",
-                                  "checkpoint.save_interval_updates=2")
+# 16 updates (epochs 1-3), saved every 4. The killed runs resume from the save at update 8, inside epoch 2: a resume
+# inside epoch 1 hid the data-loader workers' stale epoch.
+LONG_RUN = ["optimization.max_update=16", "checkpoint.save_interval_updates=4"]
+SETTINGS = {"workers": ["dataset.num_workers=1"], "layerdrop": ["model.encoder_layerdrop=0.3"]}
 
-    command = train_command("pretrain/tiny_mamba", overrides(tmp_path / "whole"))
-    whole = logged_records(follow(start(command, tmp_path / "whole"), tmp_path / "whole.log"), "train_inner")
-    assert sorted(whole) == list(range(1, 9))
 
-    save_dir = tmp_path / "killed"
-    command = train_command("pretrain/tiny_mamba", overrides(save_dir))
-    # Update 5 is logged after the save at update 4 and before the epoch's last update (6): mid-epoch, and ahead
-    # of the last checkpoint, so the resumed run must redo update 5.
-    first = follow(start(command, save_dir), tmp_path / "first.log",
-                   kill_when=lambda line: "[train_inner]" in line and '"num_updates": "5"' in line)
+def run_command(corpus: Path, save_dir: Path, setting: str) -> list[str]:
+    return train_command("pretrain/tiny_mamba", pretrain_overrides(
+        corpus, save_dir, *REPRODUCIBLE, *LONG_RUN, *SETTINGS[setting]))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tmp_path_factory) -> Callable[[str], tuple[Path, dict[int, dict]]]:
+    """(save dir, train_inner records) of an uninterrupted run of a setting; each run once, shared by the tests."""
+    runs = {}
+
+    def run(setting: str) -> tuple[Path, dict[int, dict]]:
+        if setting not in runs:
+            root = tmp_path_factory.mktemp(f"uninterrupted_{setting}")
+            output = follow(start(run_command(corpus, root / "checkpoints", setting), root), root / "train.log")
+            runs[setting] = root / "checkpoints", logged_records(output, "train_inner")
+        return runs[setting]
+
+    return run
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_sigkill_in_a_later_epoch_then_resume_matches_uninterrupted_run(corpus, uninterrupted, tmp_path, setting):
+    whole_dir, whole = uninterrupted(setting)
+    assert sorted(whole) == list(range(1, 17))
+
+    save_dir = tmp_path / "checkpoints"
+    command = run_command(corpus, save_dir, setting)
+    # Update 9 is logged after the save at update 8 and before the next save: the resumed run must redo it.
+    first = follow(start(command, tmp_path), tmp_path / "first.log",
+                   kill_when=lambda line: "[train_inner]" in line and '"num_updates": "9"' in line)
     before_kill = logged_records(first, "train_inner")
-    assert max(before_kill) == 5 and "done training" not in first
+    assert max(before_kill) == 9 and "done training" not in first
     last = load_state(save_dir / "checkpoint_last.pt")
-    assert last["extra_state"]["train_iterator"]["iterations_in_epoch"] == 4  # a mid-epoch checkpoint
+    assert last["extra_state"]["train_iterator"]["epoch"] == 2
+    assert last["extra_state"]["train_iterator"]["iterations_in_epoch"] == 2  # mid-epoch
 
-    second = follow(start(command, save_dir), tmp_path / "second.log")
-    assert f"Loaded checkpoint {save_dir / 'checkpoint_last.pt'} (epoch 1 @ 4 updates)" in second
+    second = follow(start(command, tmp_path), tmp_path / "second.log")
+    assert f"Loaded checkpoint {save_dir / 'checkpoint_last.pt'} (epoch 2 @ 8 updates)" in second
     resumed = logged_records(second, "train_inner")
-    assert sorted(resumed) == [5, 6, 7, 8]  # crosses into epoch 2 after resuming
-    # Two fresh runs with one seed agree (updates 1-5), and the resumed run continues the uninterrupted one.
+    assert sorted(resumed) == list(range(9, 17))  # crosses into epoch 3 after resuming
+    # Two fresh runs with one seed agree (updates 1-9), and the resumed run continues the uninterrupted one.
     for step, record in [*before_kill.items(), *resumed.items()]:
         for key in COMPARED:
             assert float(record[key]) == pytest.approx(float(whole[step][key]), abs=1e-3), (step, key)
 
-    final, expected = load_state(save_dir / "checkpoint_last.pt"), load_state(tmp_path / "whole" / "checkpoint_last.pt")
+    final, expected = load_state(save_dir / "checkpoint_last.pt"), load_state(whole_dir / "checkpoint_last.pt")
     assert final["extra_state"]["train_iterator"] == expected["extra_state"]["train_iterator"]
     assert_same_parameters(final["model"], expected["model"])
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_checkpoints(corpus, uninterrupted, tmp_path):
+    """Rerunning the command is how a run resumes, so it is also what a user does to a run that ended (or was
+    killed) after its last save: that must not take an update past optimization.max_update nor rewrite a file."""
+    finished, _ = uninterrupted("layerdrop")
+    save_dir = tmp_path / "checkpoints"
+    shutil.copytree(finished, save_dir)
+
+    def files() -> dict[str, tuple[int, str]]:
+        return {path.name: (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+                for path in sorted(save_dir.iterdir())}
+
+    before = files()
+    assert {"checkpoint_last.pt", "checkpoint_best.pt"} <= before.keys()
+    output = follow(start(run_command(corpus, save_dir, "layerdrop"), tmp_path), tmp_path / "rerun.log")
+    assert f"Loaded checkpoint {save_dir / 'checkpoint_last.pt'} (epoch 3 @ 16 updates)" in output
+    assert logged_records(output, "train_inner") == {}
+    assert files() == before
+    assert ("the run is already finished: the checkpoint it resumes from is at update 16 and "
+            "optimization.max_update=16; nothing to train, no checkpoint written") in output
 
 
 def test_kills_during_saves_leave_a_loadable_checkpoint_last(corpus, tmp_path):

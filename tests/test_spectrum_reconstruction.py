@@ -8,7 +8,7 @@ import torch
 from fairseq import checkpoint_utils
 
 from mamba_hubert.demo.fairseq_tools import hydra_train
-from mamba_hubert.models.seeded_masks import seeded_span_masks
+from mamba_hubert.models.seeded_masks import seeded_draws
 from mamba_hubert.models.spectrum_reconstruction import (
     SpectrumReconstructionConfig,
     SpectrumReconstructionModel,
@@ -74,7 +74,7 @@ def test_masks_follow_seed_update_and_utterance(mask_type):
 
     def loss_mask(seed, update, ids):
         model.set_num_updates(update)
-        with seeded_span_masks(model, seed, torch.tensor(ids)):
+        with seeded_draws(model, seed, torch.tensor(ids)):
             return model(wav)["loss_mask"]
 
     first = loss_mask(1, 3, [4, 7])

@@ -102,12 +102,12 @@ class MambaHubertModel(SeededMasking, HubertModel):
         self, x: torch.Tensor, padding_mask: torch.Tensor | None, target_list: list[torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """HuBERT's masking: time spans of valid frames become `mask_emb`, channel spans become 0. Within
-        `seeded_span_masks` the spans follow from (seed, update, the rows' utterance ids); outside, they are
+        `seeded_draws` the spans follow from (seed, update, the rows' utterance ids); outside, they are
         fairseq's unseeded draws."""
         batch, frames, channels = x.shape
         seed, ids = self.mask_key if self.mask_key is not None else (None, None)
         if ids is not None and len(ids) != batch:
-            raise ValueError(f"seeded_span_masks was given {len(ids)} utterance ids for a batch of {batch}")
+            raise ValueError(f"seeded_draws was given {len(ids)} utterance ids for a batch of {batch}")
         mask_indices = None
         if self.mask_prob > 0:
             mask = compute_mask_indices(

@@ -1,10 +1,13 @@
-"""Masks that a resumed run replays: drawn from (run seed, update count, the batch's utterance ids).
+"""Masks and LayerDrop that a resumed run replays: drawn from (run seed, update count, the batch's utterance ids) and
+(run seed, update count, forward within the update).
 
 fairseq's HuBERT draws its span masks from OS entropy on every forward, so two runs with the same seed differ from
 their first update and a resumed run cannot replay the one it continues. Models with the `SeededMasking` mixin draw
-theirs from `mask_key` (set by `seeded_span_masks` around every train and valid step of the plugin's tasks) and their
+theirs from `mask_key` (set by `seeded_draws` around every train and valid step of the plugin's tasks) and their
 update count. Keyed by utterance rather than by rank and batch position: ranks hold different utterances, so they
 never share masks, and a batch gets the same masks on whichever rank it lands; masks still change every update.
+LayerDrop, which fairseq draws from numpy's unsaved global generator, follows `MambaEncoder.layerdrop_seed`, set in
+the same block (`modules.encoder`).
 """
 
 from collections.abc import Iterator
@@ -12,9 +15,11 @@ from contextlib import contextmanager
 
 import torch
 
+from mamba_hubert.modules.encoder import MambaEncoder
+
 
 class SeededMasking:
-    """Mixin for a fairseq model: `mask_key` is (seed, utterance ids) inside `seeded_span_masks`, else None."""
+    """Mixin for a fairseq model: `mask_key` is (seed, utterance ids) inside `seeded_draws`, else None."""
 
     mask_key: tuple[int, torch.Tensor] | None = None
     num_updates: int = 0
@@ -25,15 +30,21 @@ class SeededMasking:
 
 
 @contextmanager
-def seeded_span_masks(model: torch.nn.Module, seed: int, utterance_ids: torch.Tensor) -> Iterator[None]:
+def seeded_draws(model: torch.nn.Module, seed: int, utterance_ids: torch.Tensor) -> Iterator[None]:
     """Within this block, every SeededMasking model in `model` (bare, inside fairseq's hubert_ctc, or wrapped for
     distributed training) draws masks for the batch whose row i is utterance `utterance_ids[i]` from
-    (seed, its update count, utterance_ids)."""
+    (seed, its update count, utterance_ids), and every MambaEncoder in it draws LayerDrop from (seed, its update
+    count, its forwards in the update)."""
     models = [module for module in model.modules() if isinstance(module, SeededMasking)]
+    encoders = [module for module in model.modules() if isinstance(module, MambaEncoder)]
     for module in models:
         module.mask_key = (seed, utterance_ids.cpu())
+    for encoder in encoders:
+        encoder.layerdrop_seed = seed
     try:
         yield
     finally:
         for module in models:
             module.mask_key = None
+        for encoder in encoders:
+            encoder.layerdrop_seed = None

@@ -110,7 +110,7 @@ class SpectrumReconstructionModel(SeededMasking, BaseFairseqModel):
     def _row_keys(self, batch: int) -> tuple[int | None, torch.Tensor | None]:
         seed, ids = self.mask_key if self.mask_key is not None else (None, None)
         if ids is not None and len(ids) != batch:
-            raise ValueError(f"seeded_span_masks was given {len(ids)} utterance ids for a batch of {batch}")
+            raise ValueError(f"seeded_draws was given {len(ids)} utterance ids for a batch of {batch}")
         return seed, ids
 
     def _time_mask(self, step_padding: torch.Tensor) -> torch.Tensor:

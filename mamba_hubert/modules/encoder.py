@@ -2,10 +2,16 @@
 
 fairseq keeps the positional conv, layer norm, LayerDrop, `layer=` early exit and padding to a
 multiple; only the layers differ. Layer type `transformer` is fairseq's own layer, unchanged.
+
+LayerDrop draws from numpy's global generator, which no checkpoint holds, so a resumed run dropped other layers than
+the run it continued. Given `layerdrop_seed` (set around the tasks' steps by `models.seeded_masks.seeded_draws`),
+a training forward draws from that generator seeded with (seed, update, forward within the update) instead: the
+same layers on every rank, as fairseq's identically seeded generators gave (sharded layers need every rank).
 """
 
 import torch
 from fairseq import utils
+from fairseq.data.data_utils import numpy_seed
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
 from torch import nn
 
@@ -59,6 +65,10 @@ def fairseq_buildable(args, **overrides) -> ArgsOverride:
 
 
 class MambaEncoder(TransformerEncoder):
+    layerdrop_seed: int | None = None
+    num_updates: int = 0
+    forwards_in_update: int = 0  # training forwards that drew LayerDrop since the update count changed
+
     def __init__(self, args) -> None:
         if args.layer_type not in LAYER_TYPES:
             raise ValueError(f"layer_type must be one of {LAYER_TYPES}, got {args.layer_type!r}")
@@ -69,6 +79,20 @@ class MambaEncoder(TransformerEncoder):
         for module in self.modules():
             if isinstance(module, Mamba):
                 module.reset_ssm_parameters()
+
+    def set_num_updates(self, num_updates: int) -> None:
+        # fairseq calls this before each micro-batch of an update: the count of forwards restarts only with a new one
+        if num_updates != self.num_updates:
+            self.num_updates, self.forwards_in_update = num_updates, 0
+
+    def extract_features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, tgt_layer: int | None = None,
+                         min_layer: int = 0, corpus_key=None) -> tuple[torch.Tensor, list]:
+        """fairseq's, with LayerDrop drawn from (layerdrop_seed, update, forward) when a seed is set."""
+        if not (self.training and self.layerdrop > 0 and self.layerdrop_seed is not None):
+            return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
+        with numpy_seed(self.layerdrop_seed, self.num_updates, self.forwards_in_update):
+            self.forwards_in_update += 1
+            return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
 
     def build_encoder_layer(self, args, **kwargs) -> nn.Module:
         if args.layer_type == "transformer":

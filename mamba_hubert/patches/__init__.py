@@ -13,6 +13,9 @@ already works:
 - `hubert_ctc_config`: fairseq's `hubert_ctc` reads a config field its own config lacks (`autoregressive`); the
   field is added (False).
 - `root_logging`: importing fairseq sets the root logger to DEBUG; it is put back to INFO.
+- `finished_run`: fairseq checks `optimization.max_update` only after an update, so rerunning a finished run (the
+  way to resume) took one update past it and rewrote `checkpoint_last.pt` and `checkpoint_best.pt`; such a rerun now
+  logs that the run is finished and trains and saves nothing.
 
 Each patch is idempotent and tested for what it fixes (tests/test_patches.py and the tests named in each module).
 """
@@ -20,12 +23,13 @@ Each patch is idempotent and tested for what it fixes (tests/test_patches.py and
 from mamba_hubert.patches import (
     atomic_checkpoint_copies,
     checkpoint_loading,
+    finished_run,
     gloo_gather,
     hubert_ctc_config,
     root_logging,
 )
 
-PATCHES = (checkpoint_loading, atomic_checkpoint_copies, gloo_gather, hubert_ctc_config, root_logging)
+PATCHES = (checkpoint_loading, atomic_checkpoint_copies, gloo_gather, hubert_ctc_config, root_logging, finished_run)
 
 
 def install() -> None:

@@ -15,7 +15,7 @@ from omegaconf import II
 
 from mamba_hubert.analysis.layerwise import XT_KEYS, layerwise_mi
 from mamba_hubert.data.check import validate_or_raise
-from mamba_hubert.models.seeded_masks import seeded_span_masks
+from mamba_hubert.models.seeded_masks import seeded_draws
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.tasks.seeded_crops import SeededCrops
 
@@ -110,7 +110,7 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
         )
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        with seeded_span_masks(model, self.cfg.seed, sample["id"]):
+        with seeded_draws(model, self.cfg.seed, sample["id"]):
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad)
 
     def begin_valid_epoch(self, epoch: int, model) -> None:
@@ -125,7 +125,7 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
         self._mi_pending = due
 
     def valid_step(self, sample, model, criterion):
-        with seeded_span_masks(model, self.cfg.seed, sample["id"]):
+        with seeded_draws(model, self.cfg.seed, sample["id"]):
             loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         if self._mi_pending:  # once per due validation, on its first batch
             self._mi_pending = False

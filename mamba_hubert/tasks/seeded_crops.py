@@ -1,9 +1,15 @@
 """Random crops that a resumed run replays. fairseq's audio datasets draw crop offsets from numpy's global generator,
 seeded once per process and not saved in checkpoints, so a resumed run cropped differently from the run it
 continues, and their losses diverged from the first update after resuming. With `SeededCrops` before a fairseq
-audio dataset in the bases, a batch's crops follow from (seed, epoch, the batch's utterance ids)."""
+audio dataset in the bases, a batch's crops follow from (seed, epoch, the batch's utterance ids).
+
+The epoch is kept in shared memory: fairseq reuses one data loader, and its persistent workers, across epochs, and
+those workers collate (so crop) with their own copies of the dataset, which `set_epoch` in the training process
+never reached; a run resumed in a later epoch, whose workers started in that epoch, then cropped differently from
+the run it continued."""
 
 import numpy as np
+import torch
 
 
 class SeededCrops:
@@ -12,12 +18,17 @@ class SeededCrops:
     def __init__(self, *args, seed: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.seed = seed
-        self.epoch = 1
+        self._epoch = torch.ones((), dtype=torch.long).share_memory_()  # one value for this process and its workers
         self.crop_rng = np.random.default_rng(seed)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
-        self.epoch = epoch
+        # before fairseq hands the workers the epoch's first batch (next_epoch_itr calls this first)
+        self._epoch.fill_(epoch)
 
     def collater(self, samples: list[dict]) -> dict:
         # fairseq crops the batch's utterances in order, so one generator per batch fixes every crop.

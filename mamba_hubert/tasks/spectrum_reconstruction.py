@@ -13,7 +13,7 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
 from mamba_hubert.data.check import validate_or_raise
-from mamba_hubert.models.seeded_masks import seeded_span_masks
+from mamba_hubert.models.seeded_masks import seeded_draws
 from mamba_hubert.tasks.seeded_crops import SeededCrops
 
 
@@ -50,11 +50,11 @@ class SpectrumReconstructionTask(FairseqTask):
             seed=self.cfg.seed)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        with seeded_span_masks(model, self.cfg.seed, sample["id"]):
+        with seeded_draws(model, self.cfg.seed, sample["id"]):
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad=ignore_grad)
 
     def valid_step(self, sample, model, criterion):
-        with seeded_span_masks(model, self.cfg.seed, sample["id"]):
+        with seeded_draws(model, self.cfg.seed, sample["id"]):
             return super().valid_step(sample, model, criterion)
 
     @property
