@@ -1,6 +1,7 @@
 """`mamba_hubert_asr` built in-process from real tiny pretraining checkpoints: which upstream output the head reads,
 the weighted sum, freezing, and exactness under padding through every head type."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,3 +104,34 @@ def test_fairseq_hubert_upstream_with_a_conformer_head(fairseq_hubert_checkpoint
         lprobs, frame_mask = log_probs(model, wav, mask)
     assert lprobs.shape[:2] == frame_mask.shape and torch.isfinite(lprobs).all()
     assert lprobs.shape[-1] == len(model.w2v_encoder.proj.weight)
+
+
+def test_weighted_sum_reads_through_layerdrop_of_an_upstream_in_training(mamba_hubert_checkpoint, tone_corpus):
+    """With LayerDrop in a trained (not frozen) upstream, a skipped layer's hidden state is its input, also when the
+    first layer is skipped; with every layer skipped, every state is the encoder's output."""
+    model = build_asr(mamba_hubert_checkpoint, tone_corpus, upstream_weighted_sum=True).train()
+    encoder = model.w2v_encoder
+    layers = encoder.w2v_model.encoder.layers
+    wav, mask = padded([16000, 11000])
+    encoder.w2v_model.encoder.layerdrop = 0.5
+    ran: dict[int, torch.Tensor] = {}
+    hooks = [layer.register_forward_pre_hook(lambda m, args, i=i: ran.__setitem__(i, args[0].transpose(0, 1)))
+             for i, layer in enumerate(layers)]
+    first_skipped = 0
+    for seed in range(12):
+        ran.clear()
+        np.random.seed(seed)
+        with torch.no_grad():
+            states, _ = encoder.upstream_hidden_states(wav, mask, mask=False)
+        assert len(states) == len(layers) + 1
+        if 0 not in ran and 1 in ran:
+            first_skipped += 1
+            assert torch.equal(states[0], ran[1][:, : states[0].shape[1]])  # layer 1 saw the encoder input
+            assert torch.equal(states[1], states[0])
+    assert first_skipped > 0
+    for hook in hooks:
+        hook.remove()
+    encoder.w2v_model.encoder.layerdrop = 1.0
+    with torch.no_grad():
+        states, _ = encoder.upstream_hidden_states(wav, mask, mask=False)
+    assert all(torch.equal(state, states[-1]) for state in states)

@@ -137,21 +137,26 @@ class UpstreamHeadEncoder(HubertEncoder):
         self, source: torch.Tensor, padding_mask: torch.Tensor | None, mask: bool
     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """[encoder input, output of layer 1, ..., final output], each (B, T, C), read by hooks on the upstream's
-        layers. A layer that LayerDrop skipped passes its input on."""
+        layers. A layer that LayerDrop skipped passes its input on, so the first layer that ran saw the encoder input;
+        when LayerDrop skipped them all, every state is the encoder's output."""
         layers = self.w2v_model.encoder.layers
-        seen: dict[int, torch.Tensor] = {}
-        hooks = [layers[0].register_forward_pre_hook(lambda module, args: seen.__setitem__(0, args[0]))]
-        hooks += [layer.register_forward_hook(lambda module, args, out, i=i: seen.__setitem__(i + 1, out[0]))
+        inputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, torch.Tensor] = {}
+        hooks = [layer.register_forward_pre_hook(lambda module, args, i=i: inputs.__setitem__(i, args[0]))
+                 for i, layer in enumerate(layers)]
+        hooks += [layer.register_forward_hook(lambda module, args, out, i=i: outputs.__setitem__(i, out[0]))
                   for i, layer in enumerate(layers[:-1])]
         try:
             x, padding_mask = self.w2v_model.extract_features(source, padding_mask=padding_mask, mask=mask)
         finally:
             for hook in hooks:
                 hook.remove()
+        if not inputs:
+            return [x] * (len(layers) + 1), padding_mask
         frames = x.shape[1]  # the encoder pads to a multiple of required_seq_len_multiple inside
-        states = [seen[0].transpose(0, 1)[:, :frames]]
+        states = [inputs[min(inputs)].transpose(0, 1)[:, :frames]]
         for i in range(1, len(layers)):
-            states.append(seen[i].transpose(0, 1)[:, :frames] if i in seen else states[-1])
+            states.append(outputs[i - 1].transpose(0, 1)[:, :frames] if i - 1 in outputs else states[-1])
         return [*states, x], padding_mask
 
 
