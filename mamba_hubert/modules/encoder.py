@@ -86,7 +86,7 @@ class MambaEncoder(TransformerEncoder):
             self.num_updates, self.forwards_in_update = num_updates, 0
 
     def extract_features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, tgt_layer: int | None = None,
-                         min_layer: int = 0, corpus_key=None) -> tuple[torch.Tensor, list]:
+                         min_layer: int = 0, corpus_key: str | None = None) -> tuple[torch.Tensor, list]:
         """fairseq's, with LayerDrop drawn from (layerdrop_seed, update, forward) when a seed is set."""
         if not (self.training and self.layerdrop > 0 and self.layerdrop_seed is not None):
             return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
