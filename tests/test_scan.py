@@ -1,5 +1,7 @@
 """selective_scan_fn against an independent sequential loop written here, for every backend on this machine."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,3 +104,23 @@ def test_bad_shapes_and_impls_are_rejected():
         selective_scan_fn(**inputs, impl="fast")
     with pytest.raises(RuntimeError, match="cuda"):
         selective_scan_fn(**inputs, impl="cuda")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is not None, reason="mamba-ssm is importable here")
+def test_cuda_without_mamba_ssm_warns_once_and_names_the_install(recwarn):
+    """Where mamba-ssm cannot be imported (as on this CPU machine): `auto` for CUDA tensors falls back to the reference
+    with one warning naming the install command, however often it is asked, the import being tried once;
+    `cuda` refuses with the import's reason. Only the device's type is read, so no GPU is needed."""
+    from mamba_hubert.ops import selective_scan
+
+    selective_scan._mamba_ssm_import.cache_clear()
+    selective_scan._warn_reference_on_cuda.cache_clear()
+    cuda = torch.device("cuda")
+    assert [resolve_scan_impl("auto", cuda) for _ in range(3)] == ["reference"] * 3
+    messages = [str(w.message) for w in recwarn if "mamba-ssm" in str(w.message)]
+    assert len(messages) == 1 and "100x slower" in messages[0] and "pip install" in messages[0]
+    assert selective_scan._mamba_ssm_import.cache_info().misses == 1
+    with pytest.raises(RuntimeError, match=r"cannot be imported \(ModuleNotFoundError.*pip install"):
+        resolve_scan_impl("cuda", cuda)
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        resolve_scan_impl("cuda", torch.device("cpu"))

@@ -6,7 +6,8 @@ Backends: mamba-ssm's CUDA kernel for CUDA tensors, the fused C++ CPU kernel, or
 PyTorch reference (always available, differentiable by autograd, slow).
 """
 
-
+import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -15,14 +16,28 @@ from mamba_hubert.ops import cpu_kernel
 
 SCAN_IMPLS = ("auto", "cuda", "cpu", "reference")
 ScanOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+INSTALL_CUDA = "pip install 'mamba-hubert[cuda]' (mamba-ssm and causal-conv1d, built against this torch)"
+
+
+@functools.cache
+def _mamba_ssm_import() -> tuple[object | None, str | None]:
+    """(mamba-ssm's selective_scan_fn, None), or (None, why it cannot be imported); tried once per process, since a
+    failed import of a compiled extension is slow and fails the same way every time."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as cuda_scan
+    except ImportError as error:
+        return None, f"{type(error).__name__}: {error}"
+    return cuda_scan, None
 
 
 def _mamba_ssm_scan():
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as cuda_scan
-    except ImportError:
-        return None
-    return cuda_scan
+    return _mamba_ssm_import()[0]
+
+
+@functools.cache
+def _warn_reference_on_cuda() -> None:
+    warnings.warn(f"scan_impl=auto on CUDA without mamba-ssm ({_mamba_ssm_import()[1]}): the selective scan runs the "
+                  f"sequential PyTorch reference, about 100x slower; install it: {INSTALL_CUDA}", stacklevel=3)
 
 
 def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
@@ -78,11 +93,17 @@ def resolve_scan_impl(impl: str, device: torch.device) -> str:
     if impl not in SCAN_IMPLS:
         raise ValueError(f"scan_impl must be one of {SCAN_IMPLS}, got {impl!r}")
     if impl == "auto":
-        if device.type == "cuda" and _mamba_ssm_scan() is not None:
-            return "cuda"
+        if device.type == "cuda":
+            if _mamba_ssm_scan() is not None:
+                return "cuda"
+            _warn_reference_on_cuda()
+            return "reference"
         return "cpu" if device.type == "cpu" and cpu_kernel.is_available() else "reference"
-    if impl == "cuda" and (device.type != "cuda" or _mamba_ssm_scan() is None):
-        raise RuntimeError("scan_impl=cuda needs CUDA tensors and an importable mamba-ssm (pip install .[cuda])")
+    if impl == "cuda" and device.type != "cuda":
+        raise RuntimeError(f"scan_impl=cuda needs CUDA tensors, got tensors on {device}")
+    if impl == "cuda" and _mamba_ssm_scan() is None:
+        raise RuntimeError(f"scan_impl=cuda needs mamba-ssm, which cannot be imported ({_mamba_ssm_import()[1]}): "
+                           f"{INSTALL_CUDA}")
     if impl == "cpu" and (device.type != "cpu" or not cpu_kernel.is_available()):
         raise RuntimeError(f"scan_impl=cpu needs CPU tensors and the compiled kernel: {cpu_kernel.unavailable_reason()}")
     return impl
