@@ -16,7 +16,7 @@ from mamba_hubert.ops import cpu_kernel
 
 SCAN_IMPLS = ("auto", "cuda", "cpu", "reference")
 ScanOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-INSTALL_CUDA = "pip install 'mamba-hubert[cuda]' (mamba-ssm and causal-conv1d, built against this torch)"
+INSTALL_CUDA = "pip install '.[cuda]' in the mamba-hubert checkout (mamba-ssm and causal-conv1d for this torch)"
 
 
 @functools.cache
