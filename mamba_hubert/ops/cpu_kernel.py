@@ -65,9 +65,10 @@ def _load() -> ModuleType | None:
             try:
                 from torch.utils.cpp_extension import _get_build_directory, load
 
-                remove_stale_lock(_get_build_directory(_build_name(), verbose=False))
+                name = _build_name()
+                remove_stale_lock(_get_build_directory(name, verbose=False))
                 _module = load(
-                    name=_build_name(),
+                    name=name,
                     sources=[_SOURCE],
                     extra_cflags=_CFLAGS,
                     extra_ldflags=["-fopenmp"],
