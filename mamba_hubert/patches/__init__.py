@@ -13,6 +13,9 @@ already works:
 - `hubert_ctc_config`: fairseq's `hubert_ctc` reads a config field its own config lacks (`autoregressive`); the
   field is added (False).
 - `root_logging`: importing fairseq sets the root logger to DEBUG; it is put back to INFO.
+- `no_weight_decay`: fairseq's `adam` decays every parameter, also the Mamba blocks' `A_log` and `D`, which mamba-ssm
+  marks `_no_weight_decay`; the marked parameters go into a second group with weight decay 0 (fp32, amp, bf16,
+  memory-efficient fp16 and fp16 with `common.fp16_no_flatten_grads`; fp16 with flattened gradients refuses them).
 
 Each patch is idempotent and tested for what it fixes (tests/test_patches.py and the tests named in each module).
 """
@@ -22,10 +25,11 @@ from mamba_hubert.patches import (
     checkpoint_loading,
     gloo_gather,
     hubert_ctc_config,
+    no_weight_decay,
     root_logging,
 )
 
-PATCHES = (checkpoint_loading, atomic_checkpoint_copies, gloo_gather, hubert_ctc_config, root_logging)
+PATCHES = (checkpoint_loading, atomic_checkpoint_copies, gloo_gather, hubert_ctc_config, root_logging, no_weight_decay)
 
 
 def install() -> None:
