@@ -1,9 +1,15 @@
-"""The Mamba block's parameters mirror mamba-ssm's, and step() reproduces forward()."""
+"""The Mamba block's parameters mirror mamba-ssm's, an encoder initialises them as mamba-ssm does (or as fairseq's
+BERT init with `mamba_init=bert`), and step() reproduces forward()."""
+
+import math
 
 import pytest
 import torch
 
+from mamba_hubert.models.encoder_config import EncoderConfig
+from mamba_hubert.models.mamba_hubert_asr import MambaHubertAsrConfig, head_encoder_config
 from mamba_hubert.modules import Mamba
+from mamba_hubert.modules.encoder import MambaEncoder
 from tests.conftest import tiny_model
 
 
@@ -51,6 +57,66 @@ def test_encoder_keeps_mamba_init_after_fairseq_bert_init():
     model = tiny_model("mamba")
     block = model.encoder.layers[0].mixer
     assert block.dt_proj.bias.abs().min() > 0  # init_bert_params would have zeroed it
+
+
+def linear_default_std(weight: torch.Tensor) -> float:
+    """PyTorch's nn.Linear init draws U(-b, b) with b = 1/sqrt(fan_in) (kaiming-uniform, a=sqrt(5)): std b/sqrt(3)."""
+    return 1 / math.sqrt(3 * weight.shape[1])
+
+
+def projections(encoder: torch.nn.Module, name: str) -> list[torch.Tensor]:
+    return [p.detach() for n, p in encoder.named_parameters() if n.endswith(f".{name}.weight") and "mixer" in n]
+
+
+# (layer type, FFN width, residual branches per layer: the mixer, and each FFN / conv module beside it)
+RESIDUAL_BRANCHES = [("mamba", 0, 1), ("mamba", 64, 2), ("ext_bimamba", 0, 1), ("inn_bimamba", 64, 2),
+                     ("transbimamba", 64, 2), ("conbimamba", 64, 4)]
+
+
+@pytest.mark.parametrize("layer_type,ffn,branches", RESIDUAL_BRANCHES)
+def test_encoder_initialises_projections_as_mamba_ssm(layer_type, ffn, branches):
+    """mamba-ssm's Mamba keeps nn.Linear's default for in_proj and x_proj; its MixerModel redraws out_proj the same
+    way and divides it by sqrt(residual branches per layer x layers)."""
+    layers = 3
+    encoder = tiny_model(layer_type, encoder_layers=layers, encoder_ffn_embed_dim=ffn).encoder
+    for name in ("in_proj", "x_proj", "x_proj_b", "out_proj"):
+        weights = projections(encoder, name)
+        if name == "x_proj_b" and layer_type != "inn_bimamba":
+            assert not weights
+            continue
+        bound = math.sqrt(3) * linear_default_std(weights[0])  # the same fan-in in every block
+        if name == "out_proj":
+            bound /= math.sqrt(branches * layers)
+        values = torch.cat([w.flatten() for w in weights])
+        assert values.abs().max() <= bound  # uniform, not normal
+        assert values.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), name
+    for block in encoder.modules():
+        if isinstance(block, Mamba):
+            assert block.dt_proj.bias.abs().min() > 0 and torch.equal(block.D, torch.ones_like(block.D))
+
+
+def test_bert_init_keeps_fairseqs_normal_projections_and_mamba_ssm_dt():
+    encoder = tiny_model("ext_bimamba", encoder_layers=3, mamba_init="bert").encoder
+    for name in ("in_proj", "x_proj", "out_proj"):
+        values = torch.cat([w.flatten() for w in projections(encoder, name)])
+        assert values.std().item() == pytest.approx(0.02, rel=0.05), name  # fairseq's init_bert_params
+        assert values.abs().max() > 3 * 0.02  # normal tails, which a uniform draw of that std never reaches
+    block = encoder.layers[0].mixer.forward_mamba
+    dt = torch.nn.functional.softplus(block.dt_proj.bias)
+    assert dt.min() >= 0.001 * 0.999 and dt.max() <= 0.1 * 1.001
+
+
+@pytest.mark.parametrize("mamba_init,std", [("mamba_ssm", 1 / math.sqrt(3 * 256)), ("bert", 0.02)])
+def test_every_encoder_config_passes_the_init_choice(mamba_init, std):
+    """The reconstruction model's encoder (EncoderConfig) and mamba_hubert_asr's head (head_mamba_init)."""
+    configs = [EncoderConfig(layer_type="mamba", encoder_layers=2, encoder_embed_dim=128, encoder_ffn_embed_dim=0,
+                             conv_pos=0, mamba_init=mamba_init),
+               head_encoder_config(MambaHubertAsrConfig(head_layer_type="mamba", head_embed_dim=128,
+                                                        head_ffn_embed_dim=0, head_mamba_init=mamba_init))]
+    for cfg in configs:
+        torch.manual_seed(0)
+        x_proj = projections(MambaEncoder(cfg), "x_proj")  # fan-in d_inner = 256
+        assert torch.cat([w.flatten() for w in x_proj]).std().item() == pytest.approx(std, rel=0.05)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

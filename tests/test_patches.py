@@ -1,7 +1,7 @@
 """The patches package: its docstring lists every patch it installs, and the two patches no other test file covers
 fix what they say (hubert_ctc's config field; the root logger's level). checkpoint_loading is tested in
 test_checkpoint_loading.py, atomic_checkpoint_copies and finished_run in test_resume.py, gloo_gather in
-test_distributed.py."""
+test_distributed.py, no_weight_decay in test_weight_decay.py."""
 
 import dataclasses
 import logging

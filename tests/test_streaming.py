@@ -18,9 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def state_sensitive(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Make carried Mamba state matter: fairseq's init (std 0.02 projections) and fast-decaying A leave outputs
-    almost independent of it, so a lost state would pass a 1e-4 check. Unit-variance projections and slow decay
-    (A in [-1, -0.05]) make losing the state at a chunk boundary change outputs by ~1."""
+    """Make carried Mamba state matter: fairseq's init (std 0.02 projections, `mamba_init=bert`) and fast-decaying A
+    leave outputs almost independent of it, so a lost state would pass a 1e-4 check. Unit-variance projections and
+    slow decay (A in [-1, -0.05]) make losing the state at a chunk boundary change outputs by ~1."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for block in model.modules():

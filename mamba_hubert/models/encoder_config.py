@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
-from mamba_hubert.modules.encoder import LAYER_TYPES
+from mamba_hubert.modules.encoder import LAYER_TYPES, MAMBA_INITS
 from mamba_hubert.ops import SCAN_IMPLS
 
 
@@ -24,6 +24,12 @@ class MambaLayerConfig(FairseqDataclass):
     )
     scan_impl: ChoiceEnum(SCAN_IMPLS) = field(
         default="auto", metadata={"help": "selective scan backend: auto | cuda (mamba-ssm) | cpu (fused) | reference"}
+    )
+    mamba_init: ChoiceEnum(MAMBA_INITS) = field(
+        default="mamba_ssm", metadata={"help": "init of the Mamba blocks' in_proj, x_proj, out_proj: mamba_ssm "
+                                               "(PyTorch's Linear default, out_proj divided by sqrt(residual branches "
+                                               "per layer x layers), as mamba-ssm) or bert (fairseq's N(0, 0.02)); "
+                                               "dt_proj, A_log and D are mamba-ssm's either way"}
     )
 
 

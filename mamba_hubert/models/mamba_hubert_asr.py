@@ -27,7 +27,7 @@ from torch import nn
 
 from mamba_hubert.models.encoder_config import EncoderConfig
 from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
-from mamba_hubert.modules.encoder import LAYER_TYPES, MambaEncoder
+from mamba_hubert.modules.encoder import LAYER_TYPES, MAMBA_INITS, MambaEncoder
 
 HEAD_LAYER_TYPES = ("none", *LAYER_TYPES)
 
@@ -62,6 +62,8 @@ class MambaHubertAsrConfig(HubertCtcConfig):
     head_mamba_expand: float = field(default=2, metadata={"help": "expansion of Mamba head layers"})
     head_bimamba_fusion: ChoiceEnum(BIMAMBA_FUSIONS) = field(
         default="concat", metadata={"help": "fusion of bidirectional Mamba head layers"})
+    head_mamba_init: ChoiceEnum(MAMBA_INITS) = field(
+        default="mamba_ssm", metadata={"help": "init of the Mamba head layers' projections (see mamba_init)"})
 
 
 def head_encoder_config(cfg: MambaHubertAsrConfig) -> EncoderConfig:
@@ -72,7 +74,7 @@ def head_encoder_config(cfg: MambaHubertAsrConfig) -> EncoderConfig:
         dropout=cfg.head_dropout, attention_dropout=cfg.head_dropout, activation_dropout=cfg.head_dropout,
         conv_pos=cfg.head_conv_pos, conv_pos_groups=cfg.head_conv_pos_groups,
         depthwise_conv_kernel_size=cfg.head_depthwise_conv_kernel_size, mamba_d_state=cfg.head_mamba_d_state,
-        mamba_expand=cfg.head_mamba_expand, bimamba_fusion=cfg.head_bimamba_fusion)
+        mamba_expand=cfg.head_mamba_expand, bimamba_fusion=cfg.head_bimamba_fusion, mamba_init=cfg.head_mamba_init)
 
 
 class UpstreamHeadEncoder(HubertEncoder):

@@ -72,6 +72,9 @@ class InnBiMamba(Mamba):
             sets.append((self.dt_proj_b, self.A_b_log, self.D_b))
         return sets
 
+    def _x_projections(self) -> list[nn.Linear]:
+        return [*super()._x_projections(), self.x_proj_b]
+
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)

@@ -21,6 +21,7 @@ from mamba_hubert.modules.mamba import Mamba
 
 MAMBA_LAYER_TYPES = ("mamba", "ext_bimamba", "inn_bimamba", "conbimamba", "transbimamba")
 LAYER_TYPES = (*MAMBA_LAYER_TYPES, "transformer", "conformer")
+MAMBA_INITS = ("mamba_ssm", "bert")
 
 
 def mamba_kwargs_from(args) -> dict:
@@ -75,10 +76,16 @@ class MambaEncoder(TransformerEncoder):
         super().__init__(fairseq_buildable(args))
         if args.conv_pos == 0:
             self.pos_conv = ZeroPositionalConv()
-        # fairseq's init_bert_params (run by the parent) zeroes every Linear bias, the dt bias included.
-        for module in self.modules():
-            if isinstance(module, Mamba):
-                module.reset_ssm_parameters()
+        if args.mamba_init not in MAMBA_INITS:
+            raise ValueError(f"mamba_init must be one of {MAMBA_INITS}, got {args.mamba_init!r}")
+        # fairseq's init_bert_params (run by the parent) gave every Linear N(0, 0.02) and a zero bias, the dt bias
+        # included: the projections go back to mamba-ssm's init unless `bert` keeps fairseq's, the SSM parameters always.
+        for layer in self.layers:
+            for module in layer.modules():
+                if isinstance(module, Mamba):
+                    if args.mamba_init == "mamba_ssm":
+                        module.reset_projections(layer.residual_branches * len(self.layers))
+                    module.reset_ssm_parameters()
 
     def set_num_updates(self, num_updates: int) -> None:
         # fairseq calls this before each micro-batch of an update: the count of forwards restarts only with a new one

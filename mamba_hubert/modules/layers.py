@@ -72,6 +72,7 @@ class MambaEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.ffn = FeedForward(d_model, d_ffn, activation, activation_dropout) if d_ffn > 0 else None
         self.final_layer_norm = nn.LayerNorm(d_model) if d_ffn > 0 else None
+        self.residual_branches = 2 if d_ffn > 0 else 1  # the mixer, the FFN: what mamba-ssm's init scales by
 
     def forward(
         self, x: torch.Tensor, self_attn_padding_mask: torch.Tensor | None = None, **_unused
@@ -144,6 +145,7 @@ class ConBiMambaEncoderLayer(nn.Module):
         self.ffn2 = FeedForward(d_model, d_ffn, F.silu, activation_dropout)
         self.final_layer_norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
+        self.residual_branches = 4  # FFN/2, mixer, conv module, FFN/2: what mamba-ssm's init scales by
 
     def forward(
         self, x: torch.Tensor, self_attn_padding_mask: torch.Tensor | None = None, **_unused

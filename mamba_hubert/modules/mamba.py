@@ -55,6 +55,21 @@ class Mamba(nn.Module):
         self._dt_init = (dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
         self.reset_ssm_parameters()
 
+    def reset_projections(self, residual_branches: int = 1) -> None:
+        """mamba-ssm's initialisation of the projections, to undo a generic re-init (fairseq's init_bert_params gives
+        every Linear N(0, 0.02)): in_proj and x_proj get PyTorch's nn.Linear default, out_proj the same divided by
+        sqrt(residual_branches), the number of residual branches in the whole model, as mamba-ssm's MixerModel
+        rescales it (GPT-2's scheme). Biases (only with bias=True) are zero, as MixerModel leaves them."""
+        for linear in (self.in_proj, *self._x_projections(), self.out_proj):
+            linear.reset_parameters()
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+        with torch.no_grad():
+            self.out_proj.weight /= math.sqrt(residual_branches)
+
+    def _x_projections(self) -> list[nn.Linear]:
+        return [self.x_proj]
+
     def reset_ssm_parameters(self) -> None:
         """(Re)initialise dt_proj, A_log and D as mamba-ssm does; call it after a generic re-init
         (e.g. fairseq's init_bert_params) that would otherwise zero the dt bias."""

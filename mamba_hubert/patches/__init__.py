@@ -16,6 +16,9 @@ already works:
 - `finished_run`: fairseq checks `optimization.max_update` only after an update, so rerunning a finished run (the
   way to resume) took one update past it and rewrote `checkpoint_last.pt` and `checkpoint_best.pt`; such a rerun now
   logs that the run is finished and trains and saves nothing.
+- `no_weight_decay`: fairseq's `adam` decays every parameter, also the Mamba blocks' `A_log` and `D`, which mamba-ssm
+  marks `_no_weight_decay`; the marked parameters go into a second group with weight decay 0 (fp32, amp, bf16,
+  memory-efficient fp16 and fp16 with `common.fp16_no_flatten_grads`; fp16 with flattened gradients refuses them).
 
 Each patch is idempotent and tested for what it fixes (tests/test_patches.py and the tests named in each module).
 """
@@ -26,10 +29,19 @@ from mamba_hubert.patches import (
     finished_run,
     gloo_gather,
     hubert_ctc_config,
+    no_weight_decay,
     root_logging,
 )
 
-PATCHES = (checkpoint_loading, atomic_checkpoint_copies, gloo_gather, hubert_ctc_config, root_logging, finished_run)
+PATCHES = (
+    checkpoint_loading,
+    atomic_checkpoint_copies,
+    gloo_gather,
+    hubert_ctc_config,
+    root_logging,
+    finished_run,
+    no_weight_decay,
+)
 
 
 def install() -> None:
