@@ -21,8 +21,14 @@ def test_reverse_padded_reverses_within_each_length():
     out = reverse_padded(x, mask)
     assert out[:, :, 0].tolist() == [[4, 3, 2, 1, 0], [7, 6, 5, 8, 9]]
     assert torch.equal(reverse_padded(out, mask), x)
+
+
+def test_encoder_refuses_left_padding(layer_type):
+    """Checked once per forward by the encoder (the mixers trust it, so as not to sync the host on every layer)."""
+    model = tiny_model(layer_type).eval()
+    mask = right_padding([40, 23], 40)
     with pytest.raises(ValueError, match="right-padded"):
-        reverse_padded(x, mask.flip(1))
+        model.encoder(torch.randn(2, 40, 32), padding_mask=mask.flip(1))
 
 
 def test_encoder_alone_equals_padded_batch(layer_type):

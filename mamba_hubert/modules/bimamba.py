@@ -10,8 +10,18 @@ from mamba_hubert.modules.mamba import Mamba
 BIMAMBA_FUSIONS = ("concat", "sum")
 
 
+def check_right_padded(padding_mask: torch.Tensor) -> None:
+    """Raise ValueError unless every row of `padding_mask` (batch, length) is True only after its last valid frame.
+    It reads the mask on the host, so the encoder calls it once per forward, not every mixer on every layer."""
+    lengths = (~padding_mask).sum(1, keepdim=True)
+    positions = torch.arange(padding_mask.shape[1], device=padding_mask.device).unsqueeze(0)
+    if not torch.equal(padding_mask, positions >= lengths):
+        raise ValueError("padding_mask must be right-padded (True only after each sequence's last valid frame)")
+
+
 def reverse_padded(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
     """Reverse (batch, length, ...) in time, each sequence within its valid prefix; padding stays at the end.
+    `padding_mask` must be right-padded (`check_right_padded`).
 
     Flipping the whole padded tensor would put the padding first and let it enter the backward scan.
     The operation is its own inverse.
@@ -21,8 +31,6 @@ def reverse_padded(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.
     length = x.shape[1]
     lengths = (~padding_mask).sum(1, keepdim=True)  # (b, 1)
     positions = torch.arange(length, device=x.device).unsqueeze(0)
-    if not torch.equal(padding_mask, positions >= lengths):
-        raise ValueError("padding_mask must be right-padded (True only after each sequence's last valid frame)")
     index = torch.where(positions < lengths, lengths - 1 - positions, positions)
     index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
     return x.gather(1, index)

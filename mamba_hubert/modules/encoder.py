@@ -15,6 +15,7 @@ from fairseq.data.data_utils import numpy_seed
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
 from torch import nn
 
+from mamba_hubert.modules.bimamba import check_right_padded
 from mamba_hubert.modules.conformer import PaddingExactConformerLayer
 from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, MambaEncoderLayer, build_mixer
 from mamba_hubert.modules.mamba import Mamba
@@ -94,7 +95,10 @@ class MambaEncoder(TransformerEncoder):
 
     def extract_features(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, tgt_layer: int | None = None,
                          min_layer: int = 0, corpus_key: str | None = None) -> tuple[torch.Tensor, list]:
-        """fairseq's, with LayerDrop drawn from (layerdrop_seed, update, forward) when a seed is set."""
+        """fairseq's, with LayerDrop drawn from (layerdrop_seed, update, forward) when a seed is set, and the padding
+        checked to be right-padding once here rather than by every bidirectional mixer."""
+        if padding_mask is not None:
+            check_right_padded(padding_mask)
         if not (self.training and self.layerdrop > 0 and self.layerdrop_seed is not None):
             return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
         with numpy_seed(self.layerdrop_seed, self.num_updates, self.forwards_in_update):

@@ -27,11 +27,34 @@ def build_mixer(kind: str, d_model: int, fusion: str, mamba_kwargs: dict) -> nn.
 
 def batch_norm_valid(norm: nn.BatchNorm1d, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
     """`norm` over the channels of x: (b, T, C), its batch statistics taken over valid frames only (padded frames
-    pass through unchanged and never reach the running statistics)."""
+    pass through unchanged and never reach the running statistics). Masked sums, not `x[valid]`: selecting the valid
+    frames would sync the host on every layer of a GPU forward."""
     if padding_mask is None:
         return norm(x.reshape(-1, x.shape[-1])).view_as(x)
-    valid = ~padding_mask
-    return x.masked_scatter(valid.unsqueeze(-1), norm(x[valid]))
+    valid = (~padding_mask).unsqueeze(-1)  # (b, T, 1)
+    if not norm.training and norm.track_running_stats:
+        return torch.where(valid, norm(x.reshape(-1, x.shape[-1])).view_as(x), x)  # running statistics: per frame
+    frames = x.float()  # float32 statistics, as BatchNorm under autocast: a half-precision frame count overflows
+    weight = valid.float()
+    count = weight.sum()
+    mean = (frames * weight).sum((0, 1)) / count.clamp(min=1)
+    variance = ((frames - mean) * weight).square().sum((0, 1)) / count.clamp(min=1)  # biased, as BatchNorm normalises
+    if norm.track_running_stats:
+        _update_running_statistics(norm, mean.detach(), variance.detach() * count / (count - 1).clamp(min=1))
+    out = (frames - mean) * torch.rsqrt(variance + norm.eps)
+    if norm.affine:
+        out = out * norm.weight.float() + norm.bias.float()
+    return torch.where(valid, out.to(x.dtype), x)
+
+
+@torch.no_grad()
+def _update_running_statistics(norm: nn.BatchNorm1d, mean: torch.Tensor, unbiased_variance: torch.Tensor) -> None:
+    """BatchNorm's training-mode update: an exponential average with `momentum`, a cumulative one when it is None."""
+    norm.num_batches_tracked.add_(1)
+    dtype = norm.running_mean.dtype
+    momentum = (1.0 / norm.num_batches_tracked).to(dtype) if norm.momentum is None else norm.momentum
+    norm.running_mean.lerp_(mean.to(dtype), momentum)
+    norm.running_var.lerp_(unbiased_variance.to(dtype), momentum)
 
 
 class FeedForward(nn.Module):
