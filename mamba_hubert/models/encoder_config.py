@@ -52,4 +52,5 @@ class EncoderConfig(MambaLayerConfig):
     conv_pos_groups: int = field(default=16, metadata={"help": "groups of the positional conv"})
     required_seq_len_multiple: int = field(default=1, metadata={"help": "pad sequences to a multiple of this"})
     depthwise_conv_kernel_size: int = field(default=31, metadata={"help": "conv module kernel (conformer, conbimamba)"})
-    checkpoint_activations: bool = field(default=False, metadata={"help": "recompute activations (transformer)"})
+    checkpoint_activations: bool = field(
+        default=False, metadata={"help": "recompute each layer's activations in the backward instead of keeping them"})

@@ -12,7 +12,9 @@ same layers on every rank, as fairseq's identically seeded generators gave (shar
 import torch
 from fairseq import utils
 from fairseq.data.data_utils import numpy_seed
+from fairseq.distributed import fsdp_wrap
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
+from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from torch import nn
 
 from mamba_hubert.modules.bimamba import check_right_padded
@@ -106,8 +108,14 @@ class MambaEncoder(TransformerEncoder):
             return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
 
     def build_encoder_layer(self, args, **kwargs) -> nn.Module:
+        """A layer of `args.layer_type`, wrapped as fairseq wraps its own: for FSDP, and for activation checkpointing
+        when `checkpoint_activations` is set (recomputed in the backward instead of kept)."""
         if args.layer_type == "transformer":
             return super().build_encoder_layer(args, **kwargs)
+        layer = fsdp_wrap(self._build_layer(args))
+        return checkpoint_wrapper(layer) if args.checkpoint_activations else layer
+
+    def _build_layer(self, args) -> nn.Module:
         if args.layer_type == "conformer":
             return PaddingExactConformerLayer(
                 args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.encoder_attention_heads, args.dropout,
