@@ -45,14 +45,15 @@ class MambaState:
 
 @functools.lru_cache(maxsize=16)
 def _load_steps(
-    batch: int, d_inner: int, d_state: int, dtype: torch.dtype, device: torch.device
+    batch: int, d_inner: int, d_state: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """delta, B, C and z of the d_state steps that load a state (see `selective_scan_from_state`): they depend only
-    on shapes, so each chunk reuses them instead of building them (cheap ops, but each costs a thread hand-off)."""
-    delta = torch.full((batch, d_inner, d_state), _LOAD_STEP, dtype=torch.float32, device=device)
-    B = torch.eye(d_state, dtype=dtype, device=device).expand(batch, d_state, d_state)
-    C = torch.zeros(batch, d_state, d_state, dtype=dtype, device=device)
-    z = torch.zeros(batch, d_inner, d_state, dtype=dtype, device=device)
+    """delta, B, C and z (float32) of the d_state steps that load a state (see `selective_scan_from_state`): they
+    depend only on shapes, so each chunk reuses them instead of building them (cheap ops, but each costs a thread
+    hand-off)."""
+    delta = torch.full((batch, d_inner, d_state), _LOAD_STEP, device=device)
+    B = torch.eye(d_state, device=device).expand(batch, d_state, d_state)
+    C = torch.zeros(batch, d_state, d_state, device=device)
+    z = torch.zeros(batch, d_inner, d_state, device=device)
     return delta, B, C, z
 
 
@@ -70,30 +71,31 @@ def selective_scan_from_state(
     """`selective_scan_fn` (delta final, i.e. after bias and softplus) starting from `initial_state` instead of 0.
 
     u, delta, z: (b, d_inner, L); A: (d_inner, N); B, C: (b, N, L); initial_state: (b, d_inner, N).
-    Returns (y (b, d_inner, L), last state (b, d_inner, N) float32).
+    Returns (y (b, d_inner, L) in u's dtype, last state (b, d_inner, N) float32).
 
     The state is loaded by N extra steps in front of the chunk; step k has B = e_k, C = 0, z = 0, delta = 2^-60
     and u = initial_state[..., k] * 2^60, so it adds delta * u = initial_state[..., k] exactly to state k while
     exp(delta * A) rounds to exactly 1 (|A| < 2^35). The chunk then runs in the same kernel call. A closed form
     (h_t += exp(A cumsum(delta)) h_0) gives the same result but costs about 15x the fused scan on CPU, since it
-    materialises (b, d_inner, L, N). A state beyond 2^67 in magnitude would overflow to inf when scaled; the
-    outputs would then show inf rather than wrong finite values.
+    materialises (b, d_inner, L, N). The scan runs in float32 whatever the inputs' dtype: 2^60 overflows float16,
+    bfloat16 would round the loaded state to 8 bits, and mamba-ssm's kernel wants delta in u's dtype. A state beyond
+    2^67 in magnitude would overflow to inf when scaled; the outputs would then show inf rather than wrong values.
     """
     batch, d_inner, _ = u.shape
     d_state = A.shape[1]
-    load_delta, load_B, load_C, load_z = _load_steps(batch, d_inner, d_state, B.dtype, B.device)
+    load_delta, load_B, load_C, load_z = _load_steps(batch, d_inner, d_state, u.device)
     y, last_state = selective_scan_fn(
-        torch.cat([(initial_state * (1 / _LOAD_STEP)).to(u.dtype), u], dim=-1),  # step k loads column k
-        torch.cat([load_delta.to(delta.dtype), delta], dim=-1),
+        torch.cat([initial_state.float() * (1 / _LOAD_STEP), u.float()], dim=-1),  # step k loads column k
+        torch.cat([load_delta, delta.float()], dim=-1),
         A,
-        torch.cat([load_B, B], dim=-1),
-        torch.cat([load_C, C], dim=-1),
+        torch.cat([load_B, B.float()], dim=-1),
+        torch.cat([load_C, C.float()], dim=-1),
         D,
-        z=None if z is None else torch.cat([load_z.to(z.dtype), z], dim=-1),
+        z=None if z is None else torch.cat([load_z, z.float()], dim=-1),
         return_last_state=True,
         impl=impl,
     )
-    return y[..., d_state:], last_state
+    return y[..., d_state:].to(u.dtype), last_state
 
 
 def scan_branch_chunk(
