@@ -17,6 +17,8 @@ What must be equal for world size 2 x batch 1 to match world size 1 x batch 1 x 
   would replay rank 0's while the second micro-batch of update_freq 2 draws fresh values: no dropout. Span
   masks are drawn from (seed, update, utterance ids), the same on either rank and either micro-batch.
 
+The I(X;T) probe at validation runs on rank 0 alone, which broadcasts its values: both runs log the same ones.
+
 Only rank 0 writes checkpoints, so rank 1's parameters are read through validation, which fairseq runs on every
 rank, each on its own shard of the valid set with its own parameters (rank 1 scores utterance 1 of 3): after
 every update the two-rank validation must equal single-process validation of the same parameters.
@@ -26,6 +28,9 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
+
+from mamba_hubert.tasks import MambaHubertPretrainingTask
 
 from tests.fairseq_runs import (
     SMALL_MODEL,
@@ -44,7 +49,11 @@ SAME_GLOBAL_BATCH = [*SMALL_MODEL, "common.log_format=json", "common.log_interva
                      "task.max_sample_size=12000", f"optimization.max_update={UPDATES}",
                      "dataset.validate_interval_updates=1",
                      "model.dropout=0", "model.dropout_input=0", "model.dropout_features=0",
-                     "model.attention_dropout=0", "model.activation_dropout=0", "model.encoder_layerdrop=0"]
+                     "model.attention_dropout=0", "model.activation_dropout=0", "model.encoder_layerdrop=0",
+                     # the I(X;T) probe at validations 1 and 3
+                     "task.mi_interval_updates=2", "task.mi_probe_utterances=2", "task.mi_mine_iterations=30",
+                     "task.mi_seeds=1"]
+MI_PROBE_LINE = "I(X;T) probe: 2 utterances of valid"
 TRAIN_KEYS = ("loss", "loss_m_0", "loss_u_0", "gnorm", "wpb")
 
 
@@ -91,7 +100,37 @@ def test_two_gloo_ranks_stay_identical_and_match_one_process(tmp_path):
         assert (two_valid[step]["valid_bsz"], one_valid[step]["valid_bsz"]) == ("1.5", "1")
         assert float(two_valid[step]["valid_loss"]) == pytest.approx(float(one_valid[step]["valid_loss"]), abs=1e-3)
         assert float(two_valid[step]["valid_ppl"]) == pytest.approx(float(one_valid[step]["valid_ppl"]), rel=1e-4)
+        # rank 0 probed and broadcast its values: what one process logs, not a mean of two ranks' runs
+        mi_keys = sorted(key for key in one_valid[step] if key.startswith("valid_mi_xt"))
+        assert sorted(key for key in two_valid[step] if key.startswith("valid_mi_xt")) == mi_keys
+        assert bool(mi_keys) == (step in (1, 3)), (step, mi_keys)
+        for key in mi_keys:
+            assert float(two_valid[step][key]) == pytest.approx(float(one_valid[step][key]), abs=1e-2), (step, key)
+    assert outputs[0].count(MI_PROBE_LINE) == one.count(MI_PROBE_LINE) == 2  # fairseq silences rank 1's INFO lines
 
     checkpoint = load_state(save_dir / "checkpoint_last.pt")
     assert checkpoint["optimizer_history"][-1]["num_updates"] == UPDATES
     assert_same_parameters(checkpoint["model"], load_state(one_dir / "checkpoint_last.pt")["model"])
+
+
+def probe_on_rank(rank: int, port: int, calls: "torch.multiprocessing.Queue") -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
+    try:
+        task = MambaHubertPretrainingTask.__new__(MambaHubertPretrainingTask)  # only the probe is needed
+        task.probe_mutual_information = lambda model: calls.put(rank) or {"mi_xt_layer1": 1.5 + rank}
+        calls.put(("values", rank, task.probe_on_rank_zero(None)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_mi_probe_runs_on_rank_zero_and_every_rank_gets_its_values(monkeypatch):
+    """The probe itself is replaced by a stand-in that records which rank ran it (the real one runs in the test
+    above, whose rank 1 logs nothing): rank 0 alone runs it and both ranks return rank 0's values."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # gloo's own sockets on loopback
+    context = torch.multiprocessing.get_context("spawn")
+    calls = context.Queue()
+    torch.multiprocessing.spawn(probe_on_rank, args=(free_loopback_port(), calls), nprocs=2)
+    records = [calls.get(timeout=10) for _ in range(3)]
+    assert sorted(r for r in records if isinstance(r, int)) == [0]
+    assert sorted(r for r in records if isinstance(r, tuple)) == [("values", 0, {"mi_xt_layer1": 1.5}),
+                                                                   ("values", 1, {"mi_xt_layer1": 1.5})]

@@ -2,11 +2,13 @@
 any training starts, random crops and span masks that a resumed run replays, and a CTC generator for
 fairseq-generate."""
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from fairseq.data.audio.hubert_dataset import HubertDataset
+from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 from fairseq.models.hubert.hubert_asr import HubertCtc
 from fairseq.tasks import register_task
@@ -18,6 +20,15 @@ from mamba_hubert.data.check import validate_or_raise
 from mamba_hubert.models.seeded_masks import seeded_draws
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.tasks.seeded_crops import SeededCrops
+
+logger = logging.getLogger(__name__)
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside fairseq's data-parallel wrappers (a proxy around a DDP module, each holding `module`)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
 
 
 @dataclass
@@ -129,8 +140,17 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
             loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         if self._mi_pending:  # once per due validation, on its first batch
             self._mi_pending = False
-            logging_output.update(self.probe_mutual_information(getattr(model, "module", model)))
+            logging_output.update(self.probe_on_rank_zero(unwrapped(model)))
         return loss, sample_size, logging_output
+
+    def probe_on_rank_zero(self, model) -> dict:
+        """`probe_mutual_information` run by data-parallel rank 0 alone, its values broadcast: every rank holds the
+        same parameters, so the others would repeat the whole MINE run for the same numbers. Every rank logs them,
+        so the mean `reduce_metrics` takes is rank 0's value. (A fully sharded model would need every rank's forward.)"""
+        if distributed_utils.get_data_parallel_world_size() == 1:
+            return self.probe_mutual_information(model)
+        values = self.probe_mutual_information(model) if distributed_utils.get_data_parallel_rank() == 0 else None
+        return distributed_utils.broadcast_object(values, src_rank=0, group=distributed_utils.get_data_parallel_group())
 
     def probe_mutual_information(self, model) -> dict:
         """{"mi_xt_layer<i>": MINE's and "mi_xt_smile_layer<i>": SMILE's estimate of I(X;T_i) in nats} on the fixed
@@ -138,6 +158,8 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
         dataset = self.datasets[self.cfg.mi_probe_subset]
         count = min(self.cfg.mi_probe_utterances, len(dataset))
         waves = [dataset.get_audio(i).numpy() for i in range(count)]
+        logger.info("I(X;T) probe: %d utterances of %s, %d MINE seed(s)", count, self.cfg.mi_probe_subset,
+                    self.cfg.mi_seeds)
         with torch.enable_grad():  # fairseq validates under no_grad; MINE trains its statistics networks
             rows = layerwise_mi(model, waves, seeds=range(self.cfg.mi_seeds),
                                 mine_iterations=self.cfg.mi_mine_iterations, max_frames=self.cfg.mi_max_frames)
