@@ -31,7 +31,6 @@ import pytest
 import torch
 
 from mamba_hubert.tasks import MambaHubertPretrainingTask
-
 from tests.fairseq_runs import (
     SMALL_MODEL,
     assert_same_parameters,
