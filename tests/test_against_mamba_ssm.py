@@ -5,6 +5,8 @@ mamba-ssm's Python part is installed by scripts/setup_venv.sh and loaded by mamb
 with the install command: they are the suite's only check against the code this package mirrors, so never skip.
 """
 
+import importlib.util
+import sys
 import types
 
 import pytest
@@ -164,3 +166,21 @@ def test_ext_bimamba_matches_two_mamba_ssm_blocks_per_sequence(fusion):
                 expected = ours.fuse(torch.cat([forward_out, backward_out], dim=-1))
             assert_close(out[i : i + 1, :length], expected, f"sequence {i} (length {length})")
     assert not out[padding_mask].any()
+
+
+def test_loader_leaves_sys_modules_and_an_imported_mamba_ssm_alone(monkeypatch):
+    """Where mamba-ssm imports for real (a GPU machine), the modules everyone else gets stay the real ones, with their
+    CUDA kernels; the loader's copies and stubs never show in sys.modules. Stand-ins play the real modules here."""
+    reference()  # einops and torch modules a first load imports are meant to stay; this call has made them
+    spec = importlib.util.find_spec("mamba_ssm")
+    for name in ("mamba_ssm", "mamba_ssm.ops.selective_scan_interface", "mamba_ssm.modules.mamba_simple",
+                 "selective_scan_cuda", "causal_conv1d"):
+        stand_in = types.ModuleType(name)
+        stand_in.__spec__ = spec if name == "mamba_ssm" else None
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    before = dict(sys.modules)
+    loaded = load_mamba_ssm_reference.__wrapped__()  # uncached: a fresh load under the stand-ins
+    assert sys.modules.keys() == before.keys()
+    assert all(sys.modules[name] is module for name, module in before.items())
+    block = loaded.Mamba(8, d_state=4, use_fast_path=False)  # mamba-ssm's code, not the stand-ins, was loaded
+    assert block(torch.randn(1, 3, 8)).shape == (1, 3, 8)

@@ -29,7 +29,7 @@ from torch import nn
 
 MAMBA_SSM_VERSION = "2.3.2.post1"
 INSTALL_REFERENCE = (f"MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation --no-deps "
-                     f"mamba-ssm=={MAMBA_SSM_VERSION} einops (scripts/setup_venv.sh does it)")
+                     f"mamba-ssm=={MAMBA_SSM_VERSION} einops==0.8.2 (scripts/setup_venv.sh does it)")
 
 
 class MambaSsmReference(NamedTuple):
