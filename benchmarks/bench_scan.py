@@ -25,13 +25,11 @@ What is measured, per (implementation, mode, d_state, L):
 """
 
 import argparse
-import importlib
 import importlib.util
 import json
 import math
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,35 +42,14 @@ MODES = ("forward", "forward_backward")
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
-def load_mamba_ssm_reference() -> Callable | None:
-    """mamba-ssm's pure-PyTorch `selective_scan_ref`, or None when mamba-ssm is not installed.
+def load_mamba_ssm_ref() -> Callable | None:
+    """mamba-ssm's pure-PyTorch `selective_scan_ref`, or None when mamba-ssm's Python part is not installed."""
+    from mamba_hubert.ops.mamba_ssm_reference import load_mamba_ssm_reference
 
-    On a CPU-only machine mamba-ssm's package import needs triton and its compiled CUDA module; the reference
-    needs neither, so its module is imported under a bare package with those two stubbed, and sys.modules is put
-    back afterwards so nothing else sees the stubs.
-    """
-    spec = importlib.util.find_spec("mamba_ssm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    saved = dict(sys.modules)
     try:
-        if importlib.util.find_spec("selective_scan_cuda") is None:
-            package = types.ModuleType("mamba_ssm")
-            package.__path__ = list(spec.submodule_search_locations)
-            layer_norm = types.ModuleType("mamba_ssm.ops.triton.layer_norm")
-            layer_norm._layer_norm_fwd = None
-            sys.modules.update({
-                "mamba_ssm": package,
-                "selective_scan_cuda": types.ModuleType("selective_scan_cuda"),
-                "mamba_ssm.ops.triton.layer_norm": layer_norm,
-            })
-        return importlib.import_module("mamba_ssm.ops.selective_scan_interface").selective_scan_ref
+        return load_mamba_ssm_reference().selective_scan_ref
     except ImportError:
         return None
-    finally:
-        for name in set(sys.modules) - set(saved):
-            del sys.modules[name]
-        sys.modules.update(saved)
 
 
 def load_mambapy_scan() -> Callable | None:
@@ -101,7 +78,7 @@ def load_ours() -> Callable | None:
     return cpu_kernel.selective_scan_cpu if cpu_kernel.is_available() else None
 
 
-LOADERS = {"ours": load_ours, "mamba_ssm_ref": load_mamba_ssm_reference, "mambapy": load_mambapy_scan}
+LOADERS = {"ours": load_ours, "mamba_ssm_ref": load_mamba_ssm_ref, "mambapy": load_mambapy_scan}
 
 
 def make_inputs(batch: int, d_inner: int, d_state: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:

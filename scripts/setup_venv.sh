@@ -17,5 +17,9 @@ pip install -q "numpy<2.5" cython "hydra-core==1.3.2" "omegaconf==2.3.0" cffi re
 if ! .venv/bin/python -c "import fairseq" 2>/dev/null; then
   pip install -q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi
+# mamba-ssm's Python part only (no CUDA build, no deps: never a CUDA torch or triton): the tests and benchmarks run
+# its reference code on CPU through mamba_hubert/ops/mamba_ssm_reference.py.
+pip install -q --no-deps einops==0.8.2
+MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
 pip install -q --no-build-isolation --no-deps -e .
 touch .venv/.installed  # the Makefile re-runs this script when it or setup.py changes

@@ -1,0 +1,186 @@
+"""The selective scan, the Mamba block and ExtBiMamba against mamba-ssm's own code, run on CPU.
+
+mamba-ssm's Python part is installed by scripts/setup_venv.sh and loaded by mamba_hubert.ops.mamba_ssm_reference; its
+`Mamba` runs its non-fused forward with the scan computed by its `selective_scan_ref`. Without it these tests fail
+with the install command: they are the suite's only check against the code this package mirrors, so never skip.
+"""
+
+import importlib.util
+import sys
+import types
+
+import pytest
+import torch
+
+from mamba_hubert.modules import Mamba
+from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS, ExtBiMamba
+from mamba_hubert.ops import selective_scan_fn
+from mamba_hubert.ops.mamba_ssm_reference import MambaSsmReference, load_mamba_ssm_reference
+from tests.test_scan import make_inputs
+
+SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+ACTIVATIONS = ("u", "delta", "B", "C", "z")  # mamba-ssm keeps A, D and delta_bias in float32 (its A_log, D, dt bias)
+# (d_model, d_state, d_conv, expand, dt_rank): mamba-ssm's default, a narrow odd one, a wide one with an explicit rank
+BLOCK_CONFIGS = [(32, 16, 4, 2, "auto"), (24, 8, 3, 1.5, 5), (20, 4, 2, 3, 3)]
+
+
+def reference() -> MambaSsmReference:
+    try:
+        return load_mamba_ssm_reference()
+    except ImportError as error:
+        pytest.fail(str(error))
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str, tol: float = 1e-5) -> None:
+    """Within tol relative to each element and to the tensor's largest magnitude (float32 rounding accumulates)."""
+    torch.testing.assert_close(actual.to(expected.dtype), expected, rtol=tol,
+                               atol=tol * max(expected.abs().max().item(), 1e-30), msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("impl", ["cpu", "reference"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_D,with_z,with_bias,softplus,last_state", [
+    (True, True, True, True, True), (False, False, False, False, False), (True, False, True, True, False),
+    (False, True, False, False, True)])
+def test_scan_matches_selective_scan_ref(impl, dtype, with_D, with_z, with_bias, softplus, last_state):
+    """Values, last state and the gradient of every input. mamba-ssm's reference cannot take a float64 A (it
+    computes in float32 and mixes dtypes), so float64 applies to the activations, as in its Mamba block."""
+    inputs = make_inputs(4, with_z=with_z, with_bias=with_bias)
+    if not with_D:
+        inputs["D"] = None
+    if not softplus:  # without softplus, delta must stay positive for a stable scan
+        inputs["delta"] = inputs["delta"].abs() + 0.05
+        if with_bias:
+            inputs["delta_bias"] = inputs["delta_bias"].abs()
+    inputs = {k: None if v is None else v.to(dtype if k in ACTIVATIONS else torch.float32).requires_grad_(True)
+              for k, v in inputs.items()}
+    leaves = {k: v for k, v in inputs.items() if v is not None}
+    kwargs = {"delta_softplus": softplus, "return_last_state": last_state}
+    ours = selective_scan_fn(**inputs, **kwargs, impl=impl)
+    theirs = reference().selective_scan_ref(**inputs, **kwargs)
+    if last_state:
+        (ours, our_state), (theirs, their_state) = ours, theirs
+        assert_close(our_state, their_state, "last state")
+    assert ours.dtype == theirs.dtype == dtype
+    assert_close(ours, theirs, "y")
+    grad_out = torch.randn_like(theirs)
+    our_grads = torch.autograd.grad(ours, list(leaves.values()), grad_out)
+    their_grads = torch.autograd.grad(theirs, list(leaves.values()), grad_out)
+    for name, o, t in zip(leaves, our_grads, their_grads):
+        assert_close(o, t, f"grad {name}")
+
+
+def block_pair(config: tuple, seed: int = 0) -> tuple[Mamba, torch.nn.Module]:
+    """Our block and mamba-ssm's (non-fused path, layer 0 for its inference cache) holding the same weights."""
+    d_model, d_state, d_conv, expand, dt_rank = config
+    torch.manual_seed(seed)
+    ours = Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank)
+    with torch.no_grad():  # off the init values (A = 1..N, D = 1) so a mix-up of those parameters shows
+        ours.A_log.add_(torch.randn_like(ours.A_log) * 0.3)
+        ours.D.normal_()
+        ours.conv1d.bias.normal_(0, 0.3)
+    theirs = reference().Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
+                               use_fast_path=False, layer_idx=0)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("config", BLOCK_CONFIGS)
+def test_block_matches_mamba_ssm_forward_and_gradients(config):
+    ours, theirs = block_pair(config)
+    x = torch.randn(3, 29, config[0])
+    x_ours, x_theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
+    assert_close(out_ours, out_theirs, "output")
+    grad_out = torch.randn_like(out_theirs)
+    out_ours.backward(grad_out)
+    out_theirs.backward(grad_out)
+    assert_close(x_ours.grad, x_theirs.grad, "grad x")
+    their_params = dict(theirs.named_parameters())
+    for name, param in ours.named_parameters():
+        assert_close(param.grad, their_params[name].grad, f"grad {name}")
+
+
+@pytest.mark.parametrize("config", [c for c in BLOCK_CONFIGS if float(c[3]).is_integer()])
+def test_step_matches_mamba_ssm_inference_cache(config):
+    """mamba-ssm fills its inference cache from a prompt (its forward with return_last_state), then decodes with
+    its step(); ours steps from zero states. Outputs agree frame by frame and the two caches at the end.
+    (mamba-ssm sizes its cache as d_model * expand, which a fractional expand makes a float, hence integer ones.)"""
+    ours, theirs = block_pair(config, seed=1)
+    x = torch.randn(2, 13, config[0])
+    prompt = 5
+    # mamba-ssm reads only these two fields of its InferenceParams (mamba_ssm.utils.generation imports transformers).
+    cache = types.SimpleNamespace(key_value_memory_dict={}, seqlen_offset=0)
+    with torch.no_grad():
+        expected = [theirs(x[:, :prompt], inference_params=cache)]
+        for t in range(prompt, x.shape[1]):
+            cache.seqlen_offset = t
+            expected.append(theirs(x[:, t : t + 1], inference_params=cache))
+        conv_state, ssm_state = ours.allocate_state(x.shape[0])
+        steps = []
+        for t in range(x.shape[1]):
+            out, conv_state, ssm_state = ours.step(x[:, t], conv_state, ssm_state)
+            steps.append(out)
+    assert_close(torch.stack(steps, 1), torch.cat(expected, 1), "step outputs")
+    their_conv, their_ssm = cache.key_value_memory_dict[0]
+    assert_close(conv_state, their_conv, "conv state")
+    assert_close(ssm_state, their_ssm, "ssm state")
+
+
+@pytest.mark.parametrize("config", BLOCK_CONFIGS)
+def test_mamba_inner_ref_with_our_weights_equals_our_forward(config):
+    ours, _ = block_pair(config, seed=2)
+    x = torch.randn(2, 17, config[0])
+    with torch.no_grad():
+        xz = ours.in_proj(x).transpose(1, 2)  # (b, 2 * d_inner, L), mamba_inner_ref's layout
+        theirs = reference().mamba_inner_ref(
+            xz, ours.conv1d.weight, ours.conv1d.bias, ours.x_proj.weight, ours.dt_proj.weight, ours.out_proj.weight,
+            ours.out_proj.bias, -torch.exp(ours.A_log.float()), None, None, ours.D.float(),
+            delta_bias=ours.dt_proj.bias.float(), delta_softplus=True)
+        assert_close(ours(x), theirs, "output")
+
+
+@pytest.mark.parametrize("fusion", BIMAMBA_FUSIONS)
+def test_ext_bimamba_matches_two_mamba_ssm_blocks_per_sequence(fusion):
+    """A padded batch through ExtBiMamba equals, on each sequence alone and unpadded, mamba-ssm's block with the
+    forward weights plus (concat or sum) its block with the backward weights reading the sequence reversed."""
+    d_model = 24
+    torch.manual_seed(3)
+    ours = ExtBiMamba(d_model, fusion=fusion, d_state=8, d_conv=4, expand=2)
+    theirs = {}
+    for name in ("forward_mamba", "backward_mamba"):
+        theirs[name] = reference().Mamba(d_model, d_state=8, d_conv=4, expand=2, use_fast_path=False)
+        theirs[name].load_state_dict(getattr(ours, name).state_dict(), strict=True)
+    lengths = [21, 14, 3]
+    x = torch.randn(len(lengths), max(lengths), d_model)
+    padding_mask = torch.arange(max(lengths))[None, :] >= torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        out = ours(x, padding_mask)
+        for i, length in enumerate(lengths):
+            alone = x[i : i + 1, :length]
+            forward_out = theirs["forward_mamba"](alone)
+            backward_out = theirs["backward_mamba"](alone.flip(1)).flip(1)
+            if fusion == "sum":
+                expected = forward_out + backward_out
+            else:
+                expected = ours.fuse(torch.cat([forward_out, backward_out], dim=-1))
+            assert_close(out[i : i + 1, :length], expected, f"sequence {i} (length {length})")
+    assert not out[padding_mask].any()
+
+
+def test_loader_leaves_sys_modules_and_an_imported_mamba_ssm_alone(monkeypatch):
+    """Where mamba-ssm imports for real (a GPU machine), the modules everyone else gets stay the real ones, with their
+    CUDA kernels; the loader's copies and stubs never show in sys.modules. Stand-ins play the real modules here."""
+    reference()  # einops and torch modules a first load imports are meant to stay; this call has made them
+    spec = importlib.util.find_spec("mamba_ssm")
+    for name in ("mamba_ssm", "mamba_ssm.ops.selective_scan_interface", "mamba_ssm.modules.mamba_simple",
+                 "selective_scan_cuda", "causal_conv1d"):
+        stand_in = types.ModuleType(name)
+        stand_in.__spec__ = spec if name == "mamba_ssm" else None
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    before = dict(sys.modules)
+    loaded = load_mamba_ssm_reference.__wrapped__()  # uncached: a fresh load under the stand-ins
+    assert sys.modules.keys() == before.keys()
+    assert all(sys.modules[name] is module for name, module in before.items())
+    block = loaded.Mamba(8, d_state=4, use_fast_path=False)  # mamba-ssm's code, not the stand-ins, was loaded
+    assert block(torch.randn(1, 3, 8)).shape == (1, 3, 8)
