@@ -14,8 +14,10 @@ import torch
 
 from mamba_hubert.modules import Mamba
 from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS, ExtBiMamba
+from mamba_hubert.modules.layers import build_mixer
 from mamba_hubert.ops import selective_scan_fn
 from mamba_hubert.ops.mamba_ssm_reference import MambaSsmReference, load_mamba_ssm_reference
+from mamba_hubert.ops.selective_scan import fused_mamba_inner
 from tests.test_scan import make_inputs
 
 SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -166,6 +168,33 @@ def test_ext_bimamba_matches_two_mamba_ssm_blocks_per_sequence(fusion):
                 expected = ours.fuse(torch.cat([forward_out, backward_out], dim=-1))
             assert_close(out[i : i + 1, :length], expected, f"sequence {i} (length {length})")
     assert not out[padding_mask].any()
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "ext_bimamba", "inn_bimamba"])
+def test_fused_path_equals_the_unfused_forward_under_padding(mixer, monkeypatch):
+    """On CUDA with causal-conv1d the blocks call mamba-ssm's fused `mamba_inner_fn`. Here its reference
+    `mamba_inner_ref` (same signature, mamba-ssm's own arithmetic) stands in for the CUDA kernel, so the arguments
+    our blocks pass, the reversal per sequence and the padding are checked on CPU: a padded batch gives the unfused
+    forward's outputs and gradients."""
+    torch.manual_seed(0)
+    block = build_mixer(mixer, 16, "concat", {"d_state": 8})
+    x = torch.randn(3, 21, 16)
+    padding = torch.arange(21)[None, :] >= torch.tensor([21, 14, 3])[:, None]
+    expected = block(x, padding)
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(block.parameters()))
+    inner = reference().mamba_inner_ref
+    for module in ("mamba_hubert.modules.mamba", "mamba_hubert.modules.bimamba"):
+        monkeypatch.setattr(f"{module}.fused_mamba_inner", lambda impl, device: inner)
+    fused = block(x, padding)
+    assert_close(fused, expected, "output")
+    for (name, _), grad, expected_grad in zip(block.named_parameters(),
+                                             torch.autograd.grad(fused.square().sum(), list(block.parameters())),
+                                             expected_grads, strict=True):
+        assert_close(grad, expected_grad, name)
+
+
+def test_the_fused_path_is_for_cuda_tensors_only():
+    assert fused_mamba_inner("auto", torch.device("cpu")) is None
 
 
 def test_loader_leaves_sys_modules_and_an_imported_mamba_ssm_alone(monkeypatch):

@@ -1,12 +1,12 @@
-"""mamba-ssm's CUDA scan gives what the CPU path gives: a whole model in float32, outputs
-and gradients within 1e-3. Runs only where a CUDA device and mamba-ssm's compiled kernel exist; the project's CPU
-machines skip it."""
+"""mamba-ssm's CUDA kernels (its fused block where causal-conv1d is installed) give what the CPU path gives: a whole
+model in float32, outputs and gradients within 1e-3. Runs only where a CUDA device and mamba-ssm's compiled kernel
+exist; the project's CPU machines skip it (tests/test_against_mamba_ssm.py checks the fused path's wiring on CPU)."""
 
 import pytest
 import torch
 
 from mamba_hubert.modules.encoder import MAMBA_LAYER_TYPES
-from mamba_hubert.ops.selective_scan import resolve_scan_impl
+from mamba_hubert.ops.selective_scan import fused_mamba_inner, resolve_scan_impl
 from tests.conftest import tiny_model
 
 
@@ -39,3 +39,10 @@ def test_cuda_scan_equals_cpu(layer_type, monkeypatch):
     for (name, cpu_param), gpu_param in zip(model.named_parameters(), gpu_model.parameters(), strict=True):
         if cpu_param.grad is not None:
             torch.testing.assert_close(gpu_param.grad.cpu(), cpu_param.grad, rtol=1e-3, atol=1e-3, msg=name)
+
+
+def test_blocks_take_mamba_ssms_fused_path():
+    """With causal-conv1d as well (the `[cuda]` extra), every Mamba block runs mamba-ssm's `mamba_inner_fn`; the test
+    above then compares that fused path with the CPU one."""
+    pytest.importorskip("causal_conv1d", reason="the fused block needs causal-conv1d")
+    assert fused_mamba_inner("auto", torch.device("cuda")) is not None

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mamba_hubert.modules.mamba import Mamba
+from mamba_hubert.ops.selective_scan import fused_mamba_inner
 
 BIMAMBA_FUSIONS = ("concat", "sum")
 
@@ -86,17 +87,22 @@ class InnBiMamba(Mamba):
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        hidden, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # each (b, d_inner, L)
-        y_forward = self._scan_branch(hidden, gate, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, L): hidden, then gate
 
-        def reverse(t: torch.Tensor) -> torch.Tensor:  # (b, d_inner, L) reversed per sequence
+        def reverse(t: torch.Tensor) -> torch.Tensor:  # (b, channels, L) reversed per sequence
             return reverse_padded(t.transpose(1, 2), padding_mask).transpose(1, 2)
 
-        y_backward = self._scan_branch(
-            reverse(hidden), reverse(gate), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
-        )
-        y = (y_forward + reverse(y_backward)) / 2
-        out = self.out_proj(y.transpose(1, 2))
+        backward_set = (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+        fused = fused_mamba_inner(self.scan_impl, x.device)
+        if fused is not None:  # out_proj is affine, so averaging after it equals averaging before it
+            out_forward = self._fused_branch(fused, xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+            out_backward = reverse_padded(self._fused_branch(fused, reverse(xz), *backward_set), padding_mask)
+            out = (out_forward + out_backward) / 2
+        else:
+            hidden, gate = xz.chunk(2, dim=1)
+            y_forward = self._scan_branch(hidden, gate, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+            y_backward = self._scan_branch(reverse(hidden), reverse(gate), *backward_set)
+            out = self.out_proj(((y_forward + reverse(y_backward)) / 2).transpose(1, 2))
         return out if padding_mask is None else out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 
     def step(self, *args, **kwargs):

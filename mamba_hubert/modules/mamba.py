@@ -1,12 +1,14 @@
 """Mamba-1 block whose parameters mirror `mamba_ssm.modules.mamba_simple.Mamba`, with a padding mask."""
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mamba_hubert.ops import selective_scan_fn
+from mamba_hubert.ops.selective_scan import fused_mamba_inner
 
 
 class Mamba(nn.Module):
@@ -102,9 +104,13 @@ class Mamba(nn.Module):
         """x: (batch, length, d_model); padding_mask: (batch, length) bool, True = padded (right padding)."""
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        hidden, gate = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # each (b, d_inner, L)
-        y = self._scan_branch(hidden, gate, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-        out = self.out_proj(y.transpose(1, 2))
+        xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, L): hidden, then gate
+        fused = fused_mamba_inner(self.scan_impl, x.device)
+        if fused is not None:
+            out = self._fused_branch(fused, xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+        else:
+            y = self._scan_branch(*xz.chunk(2, dim=1), self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+            out = self.out_proj(y.transpose(1, 2))
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out
@@ -134,6 +140,22 @@ class Mamba(nn.Module):
             delta_softplus=True,
             impl=self.scan_impl,
         )
+
+    def _fused_branch(
+        self,
+        fused: Callable,
+        xz: torch.Tensor,
+        conv1d: nn.Conv1d,
+        x_proj: nn.Linear,
+        dt_proj: nn.Linear,
+        A_log: nn.Parameter,
+        D: nn.Parameter,
+    ) -> torch.Tensor:
+        """`_scan_branch` and out_proj of one direction in mamba-ssm's fused block (`mamba_inner_fn`'s signature):
+        xz (b, 2 d_inner, L) -> (b, L, d_model)."""
+        return fused(xz, conv1d.weight, conv1d.bias, x_proj.weight, dt_proj.weight, self.out_proj.weight,
+                     self.out_proj.bias, -torch.exp(A_log.float()), None, None, D.float(),
+                     delta_bias=dt_proj.bias.float(), delta_softplus=True)
 
     def _project(
         self, hidden: torch.Tensor, x_proj: nn.Linear, dt_proj: nn.Linear

@@ -8,6 +8,7 @@ PyTorch reference (always available, differentiable by autograd, slow).
 
 import functools
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,35 @@ def _mamba_ssm_import() -> tuple[object | None, str | None]:
 
 def _mamba_ssm_scan():
     return _mamba_ssm_import()[0]
+
+
+@functools.cache
+def _mamba_ssm_fused_import() -> tuple[Callable | None, str | None]:
+    """(mamba-ssm's mamba_inner_fn, None), or (None, why not): the whole block after in_proj in one autograd function,
+    its conv run by causal-conv1d's kernel, which mamba-ssm's `[cuda]` install brings."""
+    try:
+        import causal_conv1d  # noqa: F401  (mamba_inner_fn asserts on its CUDA kernel at call time)
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+    except ImportError as error:
+        return None, f"{type(error).__name__}: {error}"
+    return mamba_inner_fn, None
+
+
+@functools.cache
+def _warn_unfused_on_cuda() -> None:
+    warnings.warn(f"mamba-ssm's scan runs, but not its fused block ({_mamba_ssm_fused_import()[1]}): the conv and the "
+                  f"projections run as separate kernels; install causal-conv1d: {INSTALL_CUDA}", stacklevel=3)
+
+
+def fused_mamba_inner(impl: str, device: torch.device) -> Callable | None:
+    """mamba-ssm's `mamba_inner_fn` where `impl` runs the scan on mamba-ssm's CUDA kernel and causal-conv1d imports;
+    None elsewhere (the block then runs its conv and scan separately)."""
+    if device.type != "cuda" or resolve_scan_impl(impl, device) != "cuda":
+        return None
+    fused = _mamba_ssm_fused_import()[0]
+    if fused is None:
+        _warn_unfused_on_cuda()
+    return fused
 
 
 @functools.cache
