@@ -14,7 +14,7 @@ import soundfile as sf
 
 from mamba_hubert.data import check, kmeans, librispeech, mfcc
 from mamba_hubert.demo.fairseq_tools import hydra_train
-from tests.fairseq_runs import SMALL_MODEL
+from tests.fairseq_runs import SMALL_MODEL, finetune_overrides
 
 # Words beside each tone's own letters, so transcripts have several words and an apostrophe.
 EXTRA_WORDS = ("TONE", "IT'S LOW", "A HUM")
@@ -103,7 +103,8 @@ def test_manifests_labels_and_dict_follow_the_layout(layout, prepared):
         assert report.summary() in console  # the command ran the data check itself
 
 
-def test_pretraining_runs_on_the_prepared_data(prepared, tmp_path):
+def test_pretraining_and_finetuning_run_on_the_prepared_data(prepared, tmp_path):
+    """MFCC and k-means labels, 2 pretraining updates, then 2 CTC updates on the written .ltr and dict.ltr.txt."""
     out, _ = prepared
     for split in ("train", "valid"):
         mfcc.dump_mfcc(str(out), split, str(tmp_path / "feat"), 1, 0)
@@ -113,10 +114,14 @@ def test_pretraining_runs_on_the_prepared_data(prepared, tmp_path):
                       [f"task.data={out}", f"task.label_dir={tmp_path / 'km'}", f"checkpoint.save_dir={save_dir}",
                        "optimization.max_update=2", "common.log_interval=1", *SMALL_MODEL], tmp_path / "train.log")
     assert "data check: train:" in log and "num_updates 2" in log and "valid on 'valid' subset" in log
-    assert (save_dir / "checkpoint_last.pt").is_file()
+    log = hydra_train("finetune/tiny_ctc", finetune_overrides(out, tmp_path / "ft", save_dir / "checkpoint_last.pt",
+                                                              "optimization.max_update=2", "common.log_interval=1",
+                                                              "model.freeze_finetune_updates=0"), tmp_path / "ft.log")
+    assert "data check: train:" in log and "num_updates 2" in log
+    assert (tmp_path / "ft" / "checkpoint_last.pt").is_file()
 
 
-# Bad input: each case names the file (and line), exits with status 2's one-line error, writes nothing.
+# Bad input: each case ends the command with an error naming the file (and line), before anything is written.
 
 def small_layout(root: Path, rate: int = 16000) -> Path:
     """Two utterances of one chapter, 0.6 s of noise each."""

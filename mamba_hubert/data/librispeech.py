@@ -149,11 +149,13 @@ def prepare(splits: Sequence[tuple[str, str]], out: str, ext: str = "flac") -> N
     for name, root in splits:
         counts[name], found = check_layout(root, ext)
         problems += found
+    if len(problems) == 1:
+        raise UsageError(f"{problems[0]} (nothing written)")
     if problems:
         listed = problems[:MAX_LISTED]
         if len(problems) > MAX_LISTED:
             listed.append(f"... and {len(problems) - MAX_LISTED} more")
-        raise UsageError(f"{len(problems)} problem(s), nothing written:\n  " + "\n  ".join(listed))
+        raise UsageError(f"{len(problems)} problems, nothing written:\n  " + "\n  ".join(listed))
     os.makedirs(out, exist_ok=True)
     letters: Counter = Counter()
     for name, root in splits:
@@ -165,7 +167,8 @@ def prepare(splits: Sequence[tuple[str, str]], out: str, ext: str = "flac") -> N
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mamba-hubert-librispeech", description=__doc__.split("\n\n")[0],
-        epilog="Exit status: 0 written and checked, 1 the data check failed, 2 bad input (nothing written).")
+        epilog="Exit status 0: written and checked. Otherwise bad input (each problem named, nothing written) or "
+        "the data check's problems in what was written.")
     parser.add_argument("splits", nargs="+", metavar="NAME=DIR",
                         help="a split name (train, valid, test, ...) and its LibriSpeech-layout directory")
     parser.add_argument("--out", required=True, help="output directory for {NAME}.tsv/.ltr/.wrd and dict.ltr.txt")
