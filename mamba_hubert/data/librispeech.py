@@ -24,12 +24,11 @@ from pathlib import Path
 
 from mamba_hubert.command_line import UsageError, one_line_errors, setup_logging
 from mamba_hubert.data import check
-from mamba_hubert.data.corpus import write_dict
+from mamba_hubert.data.corpus import SAMPLE_RATE, write_dict
 from mamba_hubert.data.kmeans import run_fairseq_example
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 LAYOUT = "SPEAKER/CHAPTER/UTTID.{ext} with SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt"
 MAX_LISTED = 20
 
