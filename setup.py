@@ -16,6 +16,7 @@ setup(
         "console_scripts": [
             "mamba-hubert-params=mamba_hubert.models.param_count:main",
             "mamba-hubert-corpus=mamba_hubert.data.corpus:main",
+            "mamba-hubert-librispeech=mamba_hubert.data.librispeech:main",
             "mamba-hubert-mfcc=mamba_hubert.data.mfcc:main",
             "mamba-hubert-kmeans=mamba_hubert.data.kmeans:main",
             "mamba-hubert-layer-features=mamba_hubert.data.layer_features:main",

@@ -191,6 +191,32 @@ def _open_audio(path: str) -> tuple[str | io.BytesIO | None, tuple[str, str] | N
     return io.BytesIO(data), None
 
 
+def audio_header(path: str, sample_rate: int) -> "tuple[sf._SoundFileInfo | None, list[tuple[str, str]]]":
+    """soundfile's header of `path` (a file or 'file.zip:offset:length') and its problems as (kind, message), each
+    message starting with the path: missing, unreadable, not audio (info None), a sample rate other than
+    `sample_rate`, more than one channel."""
+    source, error = _open_audio(path)
+    if error is not None:
+        return None, [error]
+    try:
+        info = sf.info(source)
+    except sf.LibsndfileError as e:
+        unrecognised = e.code == 1  # SF_ERR_UNRECOGNISED_FORMAT
+        what = "not an audio file soundfile can read" if unrecognised else "cannot read the audio"
+        kind = NOT_AUDIO if unrecognised else AUDIO_UNREADABLE
+        return None, [(kind, f"{path}: {what} ({e.error_string.rstrip('.')})")]
+    except (OSError, RuntimeError) as e:
+        return None, [(AUDIO_UNREADABLE, f"{path}: cannot read the audio ({e})")]
+    problems = []
+    if info.samplerate != sample_rate:
+        message = f"{path}: sample rate {info.samplerate} Hz, the task expects {sample_rate} Hz (resample it)"
+        problems.append((SAMPLE_RATE, message))
+    if info.channels != 1:
+        # fairseq would silently average the channels.
+        problems.append((MULTI_CHANNEL, f"{path}: {info.channels} channels, expected mono"))
+    return info, problems
+
+
 def _check_audio(entry: _Entry, root: str, manifest: str, report: CheckReport, sample_rate: int,
                  scan_samples: bool) -> None:
     path = os.path.join(root, entry.relpath)
@@ -199,32 +225,16 @@ def _check_audio(entry: _Entry, root: str, manifest: str, report: CheckReport, s
     def add(kind: str, message: str) -> None:
         report.add(kind, manifest, entry.line, message, fatal)
 
-    source, error = _open_audio(path)
-    if error is not None:
-        add(*error)
+    info, problems = audio_header(path, sample_rate)
+    for kind, message in problems:
+        add(kind, message)
+    if info is None:
         return
-    try:
-        info = sf.info(source)
-    except sf.LibsndfileError as e:
-        unrecognised = e.code == 1  # SF_ERR_UNRECOGNISED_FORMAT
-        what = "not an audio file soundfile can read" if unrecognised else "cannot read the audio"
-        add(NOT_AUDIO if unrecognised else AUDIO_UNREADABLE, f"{path}: {what} ({e.error_string.rstrip('.')})")
-        return
-    except (OSError, RuntimeError) as e:
-        add(AUDIO_UNREADABLE, f"{path}: cannot read the audio ({e})")
-        return
-    if info.samplerate != sample_rate:
-        add(SAMPLE_RATE, f"{path}: sample rate {info.samplerate} Hz, the task expects {sample_rate} Hz (resample it)")
-    if info.channels != 1:
-        # fairseq would silently average the channels.
-        add(MULTI_CHANNEL, f"{path}: {info.channels} channels, expected mono")
     if info.frames != entry.num_samples:
         add(NUM_SAMPLES_MISMATCH,
             f"{path}: the manifest says {entry.num_samples} samples, the file has {info.frames} (stale manifest?)")
     if scan_samples and info.subtype in _FLOAT_SUBTYPES:
-        if hasattr(source, "seek"):
-            source.seek(0)
-        bad = _count_non_finite(source)
+        bad = _count_non_finite(_open_audio(path)[0])  # opened again: a zip slice's buffer was read to its end
         if bad:
             add(NON_FINITE, f"{path}: {bad} NaN/Inf sample(s)")
 

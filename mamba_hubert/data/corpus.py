@@ -567,7 +567,7 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
     return summary
 
 
-def _write_dict(path: Path, symbols: Sequence[str], counts: Counter, sort: bool) -> None:
+def write_dict(path: Path, symbols: Sequence[str], counts: Counter, sort: bool) -> None:
     """fairseq dictionary ("symbol count" lines); every symbol listed, counts from train."""
     order = sorted(symbols, key=lambda s: (-counts[s], s)) if sort else symbols
     path.write_text("".join(f"{s} {counts[s]}\n" for s in order))
@@ -598,8 +598,8 @@ def _write_outputs(out: Path, accepted: dict[str, list[tuple[Job, int, list[str]
             "minutes": round(sum(n for _, n, _ in items) / SAMPLE_RATE / 60, 2),
             "speakers": sorted({job.voice.speaker for job, _, _ in items}),
         }
-    _write_dict(out / "dict.ltr.txt", LETTERS, letter_counts, sort=True)
-    _write_dict(out / "dict.phn.txt", PHONES, phone_counts, sort=False)
+    write_dict(out / "dict.ltr.txt", LETTERS, letter_counts, sort=True)
+    write_dict(out / "dict.phn.txt", PHONES, phone_counts, sort=False)
     return summary
 
 

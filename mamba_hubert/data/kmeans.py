@@ -21,22 +21,19 @@ from pathlib import Path
 from mamba_hubert.command_line import one_line_errors, setup_logging
 
 logger = logging.getLogger(__name__)
+SIMPLE_KMEANS = "hubert/simple_kmeans"  # in the installed fairseq's examples/
 
 
-def simple_kmeans_dir() -> Path:
-    """Where the installed fairseq keeps examples/hubert/simple_kmeans."""
+def run_fairseq_example(script: str, *args: object) -> str:
+    """Run one of the installed fairseq's example scripts (`script` relative to its examples/ folder, e.g.
+    "hubert/simple_kmeans/learn_kmeans.py") with this interpreter; its (verbose) log is shown only on failure."""
     spec = importlib.util.find_spec("fairseq")  # located, not imported: the scripts run in their own process
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError("fairseq is not installed")
-    path = Path(spec.origin).resolve().parent / "examples" / "hubert" / "simple_kmeans"
-    if not (path / "learn_kmeans.py").exists():
-        raise FileNotFoundError(f"{path}/learn_kmeans.py not found: this fairseq does not ship its examples")
-    return path
-
-
-def _run(script: str, *args: object) -> str:
-    """Run one simple_kmeans script with this interpreter; its (verbose) log is shown only on failure."""
-    cmd = [sys.executable, str(simple_kmeans_dir() / script), *map(str, args)]
+    path = Path(spec.origin).resolve().parent / "examples" / script
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: this fairseq does not ship its examples")
+    cmd = [sys.executable, str(path), *map(str, args)]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
@@ -61,15 +58,15 @@ def run_kmeans(feat_dir: str, label_dir: str, splits: Sequence[str], n_clusters:
     os.makedirs(label_dir, exist_ok=True)
     km_path = os.path.join(label_dir, f"kmeans_{n_clusters}.joblib")
     logger.info("fitting %d clusters on %s (%s)", n_clusters, fit_split, feat_dir)
-    log = _run("learn_kmeans.py", feat_dir, fit_split, nshard, km_path, n_clusters, "--seed", seed,
-               "--percent", percent, "--n_init", n_init, "--max_iter", max_iter)
+    log = run_fairseq_example(f"{SIMPLE_KMEANS}/learn_kmeans.py", feat_dir, fit_split, nshard, km_path, n_clusters,
+                              "--seed", seed, "--percent", percent, "--n_init", n_init, "--max_iter", max_iter)
     inertia = [line for line in log.splitlines() if "total intertia" in line]  # fairseq's spelling
     if inertia:
         logger.info("%s", inertia[-1].split("|")[-1].strip())
     for split in splits:
         shards = []
         for rank in range(nshard):
-            _run("dump_km_label.py", feat_dir, split, km_path, nshard, rank, label_dir)
+            run_fairseq_example(f"{SIMPLE_KMEANS}/dump_km_label.py", feat_dir, split, km_path, nshard, rank, label_dir)
             shards.append(os.path.join(label_dir, f"{split}_{rank}_{nshard}.km"))
         lines = []
         for shard in shards:
