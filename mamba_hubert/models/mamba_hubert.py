@@ -116,7 +116,8 @@ class MambaHubertModel(SeededMasking, HubertModel):
                 seed=seed, epoch=self.num_updates, indices=ids,
             )
             mask_indices = torch.from_numpy(mask).to(x.device)
-            x[mask_indices] = self.mask_emb
+            # in x's dtype: under autocast x is half precision while mask_emb stays float32
+            x = torch.where(mask_indices.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         if self.mask_channel_prob > 0:
             channel_mask = compute_mask_indices(
                 (batch, channels), None, self.mask_channel_prob, self.mask_channel_length,
@@ -125,5 +126,5 @@ class MambaHubertModel(SeededMasking, HubertModel):
                 seed=None if seed is None else seed + 1,  # channel spans independent of the time spans
                 epoch=self.num_updates, indices=ids,
             )
-            x[torch.from_numpy(channel_mask).to(x.device).unsqueeze(1).expand(-1, frames, -1)] = 0
+            x = x.masked_fill(torch.from_numpy(channel_mask).to(x.device).unsqueeze(1), 0.0)
         return x, mask_indices
