@@ -1,10 +1,11 @@
 # The README's two commands: `make demo` (the whole pipeline on a generated corpus) and `make test`;
 # `make paper`: the paper's comparison (a linear vs a Conformer head, a reconstruction-task Mamba, MI through each).
+# `make gpu-bundle` here (network), then `make gpu-check` on a GPU machine without network (README, GPU check).
 PYTHON ?= .venv/bin/python
 DEMO_DIR ?= runs/demo
 PAPER_DIR ?= runs/paper
 
-.PHONY: demo paper test lint system-deps bench
+.PHONY: demo paper test lint system-deps bench gpu-bundle gpu-check
 
 .venv/.installed: scripts/setup_venv.sh setup.py
 	bash scripts/setup_venv.sh
@@ -27,3 +28,10 @@ lint: .venv/.installed
 bench: .venv/.installed
 	bash scripts/setup_bench_deps.sh
 	$(PYTHON) benchmarks/bench_scan.py --out benchmarks/results/scan --png
+
+gpu-bundle: .venv/.installed
+	bash scripts/gpu_bundle.sh
+
+# no .venv here: the GPU machine's own Python and torch, everything else from gpu_bundle/
+gpu-check:
+	bash scripts/gpu_check.sh

@@ -161,6 +161,18 @@ def run_inference(name: str, seconds: float, path: str, threads: int, chunk_seco
             "rss_peak_mb": proc_status_bytes("VmHWM") / 1e6}
 
 
+def pretraining_loss(model: nn.Module, source: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """HuBERT's pretraining loss on a batch without padding: cross-entropy on the masked and unmasked logits plus the
+    features penalty (weight 10, as the configs)."""
+    no_padding = torch.zeros_like(source, dtype=torch.bool)  # HubertModel.forward needs a mask to train
+    output = model(source, target_list=[labels], padding_mask=no_padding, mask=True)
+    loss = output["features_pen"] * 10
+    for masked in (True, False):
+        for logits, targets in zip(model.get_logits(output, masked), model.get_targets(output, masked)):
+            loss = loss + F.cross_entropy(logits, targets, reduction="sum")
+    return loss
+
+
 def run_train_step(name: str, seconds: float, threads: int, max_gb: float) -> dict:
     """Time one pretraining step (HuBERT masked prediction loss, backward, Adam) in this process."""
     torch.set_num_threads(threads)
@@ -174,13 +186,7 @@ def run_train_step(name: str, seconds: float, threads: int, max_gb: float) -> di
         source = torch.randn(1, num_samples, generator=generator) * 0.1
         labels = torch.randint(0, NUM_CLASSES, (1, conv_output_length(num_samples)), generator=generator)
         optimizer.zero_grad(set_to_none=True)
-        no_padding = torch.zeros_like(source, dtype=torch.bool)  # HubertModel.forward needs a mask to train
-        output = model(source, target_list=[labels], padding_mask=no_padding, mask=True)
-        loss = output["features_pen"] * 10
-        for masked in (True, False):
-            for logits, targets in zip(model.get_logits(output, masked), model.get_targets(output, masked)):
-                loss = loss + F.cross_entropy(logits, targets, reduction="sum")
-        loss.backward()
+        pretraining_loss(model, source, labels).backward()
         optimizer.step()
 
     step(2 * SAMPLE_RATE)  # warm-up, and Adam's state exists from here on

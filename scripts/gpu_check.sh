@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317  # the step functions run in child shells (run_step), which shellcheck does not follow
+# `make gpu-check`, on a GPU machine without network (Python 3.12 with torch and triton, nvcc): a venv over the
+# machine's torch, everything else installed offline from gpu_bundle/ (`make gpu-bundle`), mamba-ssm's and
+# causal-conv1d's CUDA kernels built for the present GPU only, then the CUDA tests, the fp16/bf16 tests and
+# benchmarks/bench_gpu.py. Writes $OUT/gpu_check.json and gpu_check.md (default OUT: runs/gpu_check), the logs
+# in $OUT/logs. Each step is timed and capped; a failed step is recorded and the next ones run where they can;
+# steps left when GPU_CHECK_BUDGET_S (default 540) is spent are recorded as skipped.
+#   --skip-install   reuse GPU_CHECK_VENV as it is (no unpacking, venv or pip step)
+# Exit status: 0 every step passed; 1 a step failed or was skipped; 2 bad usage; 3 no CUDA device: every step
+# before the first CUDA one ran and passed, then it stopped (the dry run of a CPU machine).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+export REPO=$PWD
+OUT=${OUT:-runs/gpu_check}
+export BUNDLE=${GPU_BUNDLE:-gpu_bundle}
+export VENV=${GPU_CHECK_VENV:-.venv-gpu}
+export WORK=${GPU_CHECK_WORK:-build/gpu_check}
+export BASE_PYTHON=${PYTHON:-python3}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-540}
+SKIP_INSTALL=0
+case ${1:-} in
+  "") ;;
+  --skip-install) SKIP_INSTALL=1 ;;
+  *) echo "usage: $0 [--skip-install]" >&2; exit 2 ;;
+esac
+mkdir -p "$OUT/logs" "$WORK"
+OUT=$(cd "$OUT" && pwd)
+export OUT
+STEPS="$OUT/steps.tsv"
+: > "$STEPS"
+START=$EPOCHREALTIME
+FAILED=0
+STOPPED=""
+export VPY="$VENV/bin/python"
+export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WORK/packages" PIP_DISABLE_PIP_VERSION_CHECK=1  # never the network
+
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STEPS"; echo "[gpu_check] $1: $2 (${3} s)"; }
+
+# run_step NAME CAP_S FUNCTION: FUNCTION in a child bash, its output in $OUT/logs/NAME.log, killed after CAP_S
+# or when the budget runs out
+run_step() {
+  local name=$1 cap=$2 fn=$3 left rc status t0 log
+  log="$OUT/logs/${name// /_}.log"
+  left=$(awk -v s="$START" -v now="$EPOCHREALTIME" -v b="$BUDGET_S" 'BEGIN { printf "%d", b - (now - s) }')
+  if [ "$left" -le 5 ]; then
+    record "$name" "skipped (the ${BUDGET_S} s budget is spent)" 0 ""
+    FAILED=1
+    return 1
+  fi
+  [ "$cap" -gt "$left" ] && cap=$left
+  echo "[gpu_check] $name (at most $cap s) ..."
+  t0=$EPOCHREALTIME
+  timeout --kill-after=10 "$cap" bash -c "$fn" > "$log" 2>&1
+  rc=$?
+  case $rc in
+    0) status=ok ;;
+    124 | 137) status="timed out after $cap s" ;;
+    *) status="failed (exit $rc)" ;;
+  esac
+  record "$name" "$status" "$(elapsed "$t0")" "$log"
+  if [ "$rc" -ne 0 ]; then
+    tail -n 5 "$log" | sed 's/^/    /'
+    FAILED=1
+  fi
+  return "$rc"
+}
+skip() { record "$1" "skipped ($2)" 0 ""; }
+
+unpack_bundle() { rm -rf "$WORK/packages" && tar -xJf "$BUNDLE/packages.tar.xz" -C "$WORK"; }
+make_venv() {
+  [ -x "$VPY" ] || "$BASE_PYTHON" -m venv --system-site-packages "$VENV"
+  "$VPY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+}
+install_wheels() {
+  "$VPY" -m pip install -r scripts/gpu_requirements.txt
+  "$VPY" -m pip install --no-deps -r scripts/gpu_requirements_no_deps.txt
+}
+# CUDA_HOME unset: fairseq's setup.py adds CUDA extensions (which nothing here uses) whenever it is set
+install_fairseq() { env -u CUDA_HOME "$VPY" -m pip install --no-build-isolation --no-deps fairseq-fixed==0.12.3.1; }
+install_project() { "$VPY" -m pip install --no-build-isolation --no-deps -e .; }
+# what the packages installed without their declared dependencies import, and the test suite's own imports
+check_imports() {
+  "$VPY" -c "
+import fairseq.tasks, mamba_hubert, tests.conftest, sacrebleu
+from transformers.generation import GenerateDecoderOnlyOutput, TextStreamer
+from transformers.utils.hub import cached_file
+from huggingface_hub import PyTorchModelHubMixin
+print('imports ok')"
+}
+test_low_precision() {
+  "$VPY" -m pytest -q -p no:cacheprovider tests/test_weight_decay.py tests/test_cpu_kernel.py \
+    -k "fp16 or amp or low_precision" --junitxml="$OUT/logs/test_low_precision.xml"
+}
+cuda_device() {
+  "$VPY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && command -v nvcc >/dev/null
+}
+# both packages' wheels built side by side (one arch each, MAX_JOBS compiles at once), then installed
+build_kernels() {
+  GPU_CHECK_ARCH=$("$VPY" -c "import torch; major, minor = torch.cuda.get_device_capability(); print(f'{major}{minor}')")
+  NVCC_REAL=$(command -v nvcc)
+  export GPU_CHECK_ARCH NVCC_REAL PYTORCH_NVCC="$REPO/scripts/nvcc_one_arch.sh" MAX_JOBS=${MAX_JOBS:-$(nproc)}
+  export TORCH_CUDA_ARCH_LIST="${GPU_CHECK_ARCH:0:-1}.${GPU_CHECK_ARCH: -1}"
+  export MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE  # build here: never look for a prebuilt wheel online
+  rm -rf "$WORK/kernels" && mkdir -p "$WORK/kernels"
+  "$VPY" -m pip wheel --no-build-isolation --no-deps -w "$WORK/kernels" causal-conv1d==1.7.0 \
+    > "$OUT/logs/build_causal_conv1d.log" 2>&1 &
+  local conv=$!
+  "$VPY" -m pip wheel --no-build-isolation --no-deps -w "$WORK/kernels" mamba-ssm==2.3.2.post1 \
+    > "$OUT/logs/build_mamba_ssm.log" 2>&1
+  local mamba=$?
+  wait "$conv" && [ "$mamba" -eq 0 ] && "$VPY" -m pip install --no-deps "$WORK"/kernels/*.whl
+}
+check_kernel() {
+  "$VPY" -c "
+import torch, mamba_ssm, causal_conv1d
+from mamba_hubert.ops.selective_scan import resolve_scan_impl
+assert resolve_scan_impl('auto', torch.device('cuda')) == 'cuda', 'the selective scan does not use the kernel'
+print('mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__, torch.cuda.get_device_name())"
+}
+# a skipped test here means the kernel was not found: a failure for this check
+test_cuda_path() {
+  "$VPY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_path.py --junitxml="$OUT/logs/test_cuda_path.xml" &&
+    grep -q 'skipped="0"' "$OUT/logs/test_cuda_path.xml"
+}
+bench_gpu() { "$VPY" benchmarks/bench_gpu.py --out "$OUT/bench"; }
+export -f unpack_bundle make_venv install_wheels install_fairseq install_project check_imports test_low_precision \
+  build_kernels check_kernel test_cuda_path bench_gpu
+
+# each install step needs the one before it
+reason=""
+for step in "unpack bundle:60:unpack_bundle" "venv:60:make_venv" "install wheels:120:install_wheels" \
+  "install fairseq:240:install_fairseq" "install project:60:install_project"; do
+  IFS=: read -r name cap fn <<< "$step"
+  if [ "$SKIP_INSTALL" -eq 1 ]; then
+    skip "$name" "--skip-install"
+  elif [ -n "$reason" ]; then
+    skip "$name" "$reason"
+  else
+    run_step "$name" "$cap" "$fn" || reason="$name did not pass"
+  fi
+done
+run_step "check imports" 60 check_imports
+run_step "test fp16 bf16" 180 test_low_precision
+if cuda_device; then
+  if run_step "build cuda kernels" 420 build_kernels; then
+    run_step "check kernel" 60 check_kernel
+  else
+    skip "check kernel" "build cuda kernels did not pass"
+  fi
+  run_step "test cuda path" 120 test_cuda_path
+  run_step "bench gpu" 240 bench_gpu
+else
+  STOPPED="build cuda kernels"
+  echo "[gpu_check] no CUDA device: stopped before $STOPPED"
+fi
+
+REPORT_PY=$VPY
+[ -x "$REPORT_PY" ] || REPORT_PY=$BASE_PYTHON
+"$REPORT_PY" scripts/gpu_check_report.py --out "$OUT" --stopped-before "$STOPPED" --total-s "$(elapsed "$START")"
+if [ "$FAILED" -ne 0 ]; then
+  exit 1
+fi
+[ -n "$STOPPED" ] && exit 3
+exit 0
