@@ -80,18 +80,12 @@ install_wheels() {
 # CUDA_HOME unset: fairseq's setup.py adds CUDA extensions (which nothing here uses) whenever it is set
 install_fairseq() { env -u CUDA_HOME "$VPY" -m pip install --no-build-isolation --no-deps fairseq-fixed==0.12.3.1; }
 install_project() { "$VPY" -m pip install --no-build-isolation --no-deps -e .; }
-# what the packages installed without their declared dependencies import, and the test suite's own imports
-check_imports() {
-  "$VPY" -c "
-import fairseq.tasks, mamba_hubert, tests.conftest, sacrebleu
-from transformers.generation import GenerateDecoderOnlyOutput, TextStreamer
-from transformers.utils.hub import cached_file
-from huggingface_hub import PyTorchModelHubMixin
-print('imports ok')"
-}
+check_imports() { "$VPY" -c "import fairseq.tasks, mamba_hubert, tests.conftest, sacrebleu; print('imports ok')"; }
+# half precision on the CPU: autocast, bf16/fp16 weight decay groups, the kernel's bf16, streaming and MI capture
 test_low_precision() {
-  "$VPY" -m pytest -q -p no:cacheprovider tests/test_weight_decay.py tests/test_cpu_kernel.py \
-    -k "fp16 or amp or low_precision" --junitxml="$OUT/logs/test_low_precision.xml"
+  "$VPY" -m pytest -q -p no:cacheprovider tests/test_autocast.py tests/test_weight_decay.py tests/test_cpu_kernel.py \
+    tests/test_streaming.py tests/test_mi_analysis.py -k "autocast or fp16 or amp or low_precision or half or dtype" \
+    --junitxml="$OUT/logs/test_low_precision.xml"
 }
 cuda_device() {
   "$VPY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && command -v nvcc >/dev/null
@@ -112,11 +106,17 @@ build_kernels() {
   local mamba=$?
   wait "$conv" && [ "$mamba" -eq 0 ] && "$VPY" -m pip install --no-deps "$WORK"/kernels/*.whl
 }
+# `import mamba_ssm` runs its __init__, which needs what transformers and huggingface_hub (installed without their
+# declared dependencies) import
 check_kernel() {
   "$VPY" -c "
 import torch, mamba_ssm, causal_conv1d
-from mamba_hubert.ops.selective_scan import resolve_scan_impl
+from transformers.generation import GenerateDecoderOnlyOutput, TextStreamer
+from transformers.utils.hub import cached_file
+from huggingface_hub import PyTorchModelHubMixin
+from mamba_hubert.ops.selective_scan import fused_mamba_inner, resolve_scan_impl
 assert resolve_scan_impl('auto', torch.device('cuda')) == 'cuda', 'the selective scan does not use the kernel'
+assert fused_mamba_inner('auto', torch.device('cuda')) is not None, 'the blocks do not use the fused path'
 print('mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__, torch.cuda.get_device_name())"
 }
 # a skipped test here means the kernel was not found: a failure for this check
@@ -131,7 +131,7 @@ export -f unpack_bundle make_venv install_wheels install_fairseq install_project
 # each install step needs the one before it
 reason=""
 for step in "unpack bundle:60:unpack_bundle" "venv:60:make_venv" "install wheels:120:install_wheels" \
-  "install fairseq:240:install_fairseq" "install project:60:install_project"; do
+  "install fairseq:480:install_fairseq" "install project:60:install_project"; do
   IFS=: read -r name cap fn <<< "$step"
   if [ "$SKIP_INSTALL" -eq 1 ]; then
     skip "$name" "--skip-install"
