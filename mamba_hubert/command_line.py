@@ -1,6 +1,6 @@
 """What the plugin's command-line tools share: fairseq's log format, and a user's mistake (a missing file, a bad
-value, a checkpoint that cannot be loaded) ending the tool with one line naming the problem and exit status 2, not a
-traceback."""
+value, a checkpoint that cannot be loaded) ending the tool with one line naming the problem and exit status 1, not a
+traceback (argparse's own usage errors exit with 2)."""
 
 import argparse
 import logging
@@ -19,7 +19,7 @@ class UsageError(ValueError):
 @contextmanager
 def one_line_errors(prog: str) -> Iterator[None]:
     """Within this block, UsageError, CheckpointLoadError and missing or misplaced files end the program with
-    `prog: error: <message>` and exit status 2 (argparse's convention); other errors keep their traceback."""
+    `prog: error: <message>` (argparse's format) and exit status 1; other errors keep their traceback."""
     try:
         yield
     except (UsageError, CheckpointLoadError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
