@@ -81,10 +81,10 @@ install_wheels() {
 install_fairseq() { env -u CUDA_HOME "$VPY" -m pip install --no-build-isolation --no-deps fairseq-fixed==0.12.3.1; }
 install_project() { "$VPY" -m pip install --no-build-isolation --no-deps -e .; }
 check_imports() { "$VPY" -c "import fairseq.tasks, mamba_hubert, tests.conftest, sacrebleu; print('imports ok')"; }
-# half precision on the CPU: autocast, bf16/fp16 weight decay groups, the kernel's bf16, streaming and MI capture
+# half precision on the CPU: autocast, MI capture, bf16/fp16 weight decay groups, the kernel's bf16, streaming
 test_low_precision() {
-  "$VPY" -m pytest -q -p no:cacheprovider tests/test_autocast.py tests/test_weight_decay.py tests/test_cpu_kernel.py \
-    tests/test_streaming.py tests/test_mi_analysis.py -k "autocast or fp16 or amp or low_precision or half or dtype" \
+  "$VPY" -m pytest -q -p no:cacheprovider tests/test_half_precision.py tests/test_weight_decay.py \
+    tests/test_cpu_kernel.py tests/test_streaming.py -k "autocast or fp16 or amp or low_precision or half or dtype" \
     --junitxml="$OUT/logs/test_low_precision.xml"
 }
 cuda_device() {
