@@ -142,7 +142,7 @@ for step in "unpack bundle:60:unpack_bundle" "venv:60:make_venv" "install wheels
   fi
 done
 run_step "check imports" 60 check_imports
-run_step "test fp16 bf16" 180 test_low_precision
+run_step "test fp16 bf16" 300 test_low_precision
 if cuda_device; then
   if run_step "build cuda kernels" 420 build_kernels; then
     run_step "check kernel" 60 check_kernel
