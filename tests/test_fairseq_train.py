@@ -27,10 +27,12 @@ def no_unsafe_loading(monkeypatch):
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)  # checkpoints must load without it
 
 
-@pytest.mark.parametrize("layer_type", ["mamba", "ext_bimamba", "conbimamba"])
-def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, layer_type):
+@pytest.mark.parametrize("config, layer_type", [("tiny_mamba", "mamba"), ("tiny_ext_bimamba", "ext_bimamba"),
+                                                ("tiny_conbimamba", "conbimamba"),
+                                                ("tiny_conbimamba_fbank", "conbimamba")])
+def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, config, layer_type):
     save_dir = tmp_path / "pretrain"
-    log = hydra_train(f"pretrain/tiny_{layer_type}",
+    log = hydra_train(f"pretrain/{config}",
                       pretrain_overrides(corpus, save_dir, "optimization.max_update=3", *SMALL_MODEL),
                       tmp_path / "pretrain.log")
     assert "valid on 'valid' subset" in log
@@ -44,6 +46,9 @@ def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, layer_type):
     with torch.no_grad():
         features, _ = model.extract_features(torch.from_numpy(wav)[None], padding_mask=None, mask=False)
     assert features.shape[-1] == 64 and torch.isfinite(features).all()
+    if config.endswith("_fbank"):  # one frame per 100 Hz k-means label, so HuBERT's loss used every label
+        assert cfg.model.extractor_mode == "fbank" and type(model.feature_extractor).__name__ == "FbankFeatureExtractor"
+        assert features.shape[1] == len((corpus / "valid.km").read_text().splitlines()[0].split())
 
     ft_dir = tmp_path / "finetune"
     log = hydra_train("finetune/tiny_ctc", finetune_overrides(corpus, ft_dir, checkpoint, "optimization.max_update=2",

@@ -24,6 +24,8 @@ CASES = {
     "inn_bimamba": ("inn_bimamba", {}),
     "conbimamba": ("conbimamba", {}),
     "conbimamba_group_norm_extractor": ("conbimamba", {"extractor_mode": "default"}),
+    "conbimamba_fbank": ("conbimamba", {"extractor_mode": "fbank"}),
+    "mamba_fbank_100hz": ("mamba", {"extractor_mode": "fbank", "label_rate": 100}),
     "transbimamba_pre_ln": ("transbimamba", {"layer_norm_first": True}),
     "transformer": ("transformer", {}),
 }
@@ -56,6 +58,8 @@ def test_rejects_training_mode_and_short_audio(audio):
         extract_features_long(model.train(), audio)
     with pytest.raises(ValueError, match="shorter than one frame"):
         extract_features_long(model.eval(), audio[:399])
+    with pytest.raises(ValueError, match=r"shorter than one frame's window \(400\)"):  # fbank: 25 ms too
+        extract_features_long(tiny_model("mamba", extractor_mode="fbank").eval(), audio[:399])
 
 
 # Runs in a fresh process so that its peak resident set (VmHWM, reset through /proc/self/clear_refs) is its own.

@@ -24,11 +24,15 @@ def waves(seed=0):
     return [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 9000, 12345, 7000)]
 
 
-@pytest.mark.parametrize("layer_type", ["conbimamba", "transformer"])
-def test_captured_frames_do_not_depend_on_batching(layer_type):
-    model = tiny_model(layer_type).eval()
+@pytest.mark.parametrize("layer_type, overrides", [("conbimamba", {}), ("transformer", {}),
+                                                   ("conbimamba", {"extractor_mode": "fbank", "label_rate": 100})])
+def test_captured_frames_do_not_depend_on_batching(layer_type, overrides):
+    model = tiny_model(layer_type, **overrides).eval()
     alone = capture_layer_frames(model, waves(), batch_size=1)
     batched = capture_layer_frames(model, waves(), batch_size=4)
+    with torch.no_grad():  # every valid frame kept, no padded one
+        assert [len(x) for x in batched.inputs] == [
+            model.extract_features(torch.from_numpy(w)[None])[0].shape[1] for w in waves()]
     for a, b in zip(alone.inputs, batched.inputs):
         assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
     for layer_a, layer_b in zip(alone.layers, batched.layers):

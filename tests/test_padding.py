@@ -9,6 +9,7 @@ from fairseq.modules import Fp32GroupNorm
 from mamba_hubert.models.frames import conv_output_length
 from mamba_hubert.modules import reverse_padded
 from tests.conftest import tiny_model
+from tests.fairseq_runs import make_tone_corpus
 
 
 def right_padding(lengths, total):
@@ -54,9 +55,10 @@ def test_encoder_valid_outputs_have_no_gradient_from_padding(layer_type):
     assert x.grad[~mask].abs().max() > 0
 
 
-@pytest.mark.parametrize("extractor_mode", ["layer_norm", "default"])
+@pytest.mark.parametrize("extractor_mode", ["layer_norm", "default", "fbank"])
 def test_model_extract_features_alone_equals_padded_batch(layer_type, extractor_mode):
-    # default: the first conv block's GroupNorm over time takes its statistics over each row's valid frames
+    # default: the first conv block's GroupNorm over time takes its statistics over each row's valid frames;
+    # fbank at label_rate 50: log-mel and causal convs give HuBERT's frame count
     model = tiny_model(layer_type, extractor_mode=extractor_mode).eval()
     torch.manual_seed(2)
     lengths = [16000, 9000, 12345]  # 9000 of 16000: fairseq's grouped mask marks one frame too many
@@ -72,7 +74,7 @@ def test_model_extract_features_alone_equals_padded_batch(layer_type, extractor_
         assert torch.allclose(batched[i, :frames], alone[0], atol=1e-5), f"utterance {i}"
 
 
-@pytest.mark.parametrize("extractor_mode", ["layer_norm", "default"])
+@pytest.mark.parametrize("extractor_mode", ["layer_norm", "default", "fbank"])
 def test_model_valid_frames_have_no_gradient_from_padded_samples(extractor_mode):
     model = tiny_model("conbimamba", extractor_mode=extractor_mode).eval()
     wav = torch.randn(2, 16000, requires_grad=True)
@@ -97,3 +99,25 @@ def test_default_extractor_keeps_fairseqs_parameters_and_unpadded_output():
     assert torch.equal(model.feature_extractor(wav), extractor(wav))
     assert [k for k in model.state_dict() if k.startswith("feature_extractor")] == [
         f"feature_extractor.{k}" for k in extractor.state_dict()]
+
+
+@pytest.mark.parametrize("label_rate", [100, 50, 25])
+def test_fbank_frames_match_the_labels(tmp_path, label_rate):
+    """One frame per label, so fairseq's HuBERT trims neither (feat2tar_ratio 1): at 100 Hz the tone corpus's
+    k-means labels (MFCC frames, 25 ms / 10 ms), at 50 Hz the demo corpus's phone labels and iteration-2 labels
+    (HuBERT's CNN arithmetic), at 25 Hz every fourth 10 ms frame."""
+    corpus = make_tone_corpus(tmp_path, splits=(("train", 4),))
+    lengths = [int(row.split("\t")[1]) for row in (corpus / "train.tsv").read_text().splitlines()[1:]]
+    km = [len(row.split()) for row in (corpus / "train.km").read_text().splitlines()]
+    lengths, km = lengths + [400, 719, 720, 9000], km + [(n - 400) // 160 + 1 for n in (400, 719, 720, 9000)]
+    expected = {100: km, 50: [conv_output_length(n) for n in lengths], 25: [(k - 1) // 4 + 1 for k in km]}
+    model = tiny_model("mamba", extractor_mode="fbank", label_rate=label_rate).eval()
+    assert model.feat2tar_ratio == 1.0
+    assert model.frame_lengths(torch.tensor(lengths)).tolist() == expected[label_rate]
+    for n, frames in zip(lengths, expected[label_rate]):
+        assert model.extract_features(torch.randn(1, n))[0].shape[1] == frames
+
+
+def test_fbank_refuses_a_label_rate_that_does_not_divide_100():
+    with pytest.raises(ValueError, match="100 / label_rate must be a whole number; got label_rate=30"):
+        tiny_model("mamba", extractor_mode="fbank", label_rate=30)

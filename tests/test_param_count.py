@@ -32,8 +32,12 @@ def fairseq_built_parameters(config: str, data: Path, num_classes: int) -> int:
 
 def test_cli_prints_the_parameters_of_the_models_fairseq_builds(capsys, tmp_path):
     (tmp_path / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(100)))
-    main(["tiny_mamba", "tiny_transformer", "--num-classes", "100"])
+    main(["tiny_mamba", "tiny_transformer", "tiny_conbimamba_fbank", "--num-classes", "100"])
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
-    for config in ("tiny_mamba", "tiny_transformer"):
+    for config in ("tiny_mamba", "tiny_transformer", "tiny_conbimamba_fbank"):
         assert float(rows[config][0]) == pytest.approx(fairseq_built_parameters(config, tmp_path, 100) / 1e6,
                                                        abs=0.005)
+    # the front end as built: the CNN, or log-mel + two convs of 128 channels (80 x 128 x 3 + 128 x 128 x 3, two
+    # layer norms) without the CNN that HubertModel builds first
+    assert float(rows["tiny_mamba"][2]) == pytest.approx(0.174, abs=0.0005)
+    assert float(rows["tiny_conbimamba_fbank"][2]) == pytest.approx(0.080, abs=0.0005)

@@ -75,8 +75,9 @@ def test_scan_from_state_continues_the_sequence(impl):
         {"layer_norm_first": True, "encoder_ffn_embed_dim": 0},  # pre-LN, no FFN
         {"layer_norm_first": True, "encoder_layers": 3},  # pre-LN with FFN, final layer norm
         {"encoder_ffn_embed_dim": 0, "mamba_d_conv": 2},  # Lin et al.'s mambaformer (no FFN)
+        {"extractor_mode": "fbank"},  # log-mel and causal convs: the carried window starts with their left padding
     ],
-    ids=["post_ln_ffn", "pre_ln", "pre_ln_ffn_3layers", "post_ln_no_ffn_dconv2"],
+    ids=["post_ln_ffn", "pre_ln", "pre_ln_ffn_3layers", "post_ln_no_ffn_dconv2", "fbank"],
 )
 @pytest.mark.parametrize("chunk_seconds", [0.1, 0.37, 1.0, 2.0])
 def test_streaming_equals_offline(overrides, chunk_seconds):
@@ -115,9 +116,11 @@ def test_carried_state_matters():
     assert (torch.cat(pieces) - offline(model, audio)).abs().max() > 1e-2
 
 
-def test_irregular_chunks_and_output_layer():
-    """Chunks shorter than a hop (no new frame), of odd sizes, and an early exit at layer 1 of 2."""
-    model = causal_model(layer_norm_first=True)
+@pytest.mark.parametrize("extractor_mode", ["layer_norm", "fbank"])
+def test_irregular_chunks_and_output_layer(extractor_mode):
+    """Chunks shorter than a hop (no new frame), of odd sizes, and an early exit at layer 1 of 2; fbank at label rate
+    50 emits frames when HuBERT's CNN does."""
+    model = causal_model(layer_norm_first=True, extractor_mode=extractor_mode)
     g = torch.Generator().manual_seed(4)
     audio = torch.randn(4 * SAMPLE_RATE, generator=g)
     sizes = torch.randint(1, 9000, (200,), generator=g).tolist()

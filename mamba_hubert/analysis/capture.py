@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mamba_hubert.models.frames import conv_output_lengths
+from mamba_hubert.models.mamba_hubert import MambaHubertModel
 from mamba_hubert.models.mamba_hubert_asr import UpstreamHeadEncoder
 from mamba_hubert.models.spectrum_reconstruction import SpectrumReconstructionModel
 
@@ -46,6 +47,8 @@ def pretrained_encoder_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _hubert_frame_lengths(hubert: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(hubert, MambaHubertModel):  # its own arithmetic: any extractor mode, fbank's included
+        return hubert.frame_lengths
     conv_layers = [(block[0].out_channels, block[0].kernel_size[0], block[0].stride[0])
                    for block in hubert.feature_extractor.conv_layers]
     return lambda num_samples: conv_output_lengths(num_samples, conv_layers)

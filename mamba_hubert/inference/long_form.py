@@ -31,6 +31,7 @@ from mamba_hubert.inference.streaming import (
     MambaState,
     after_mixer,
     causal_layer_chunk,
+    has_group_norm,
     mamba_chunk,
     mixer_input,
     scan_branch_chunk,
@@ -69,8 +70,10 @@ def _group_norm(norm: nn.GroupNorm, x: torch.Tensor, stats: GroupStats) -> torch
 
 
 def _run_extractor(extractor: nn.Module, samples: torch.Tensor, stats: GroupStats | None) -> torch.Tensor:
-    """fairseq's ConvFeatureExtractionModel on samples (1, n), its group norm (if any) using `stats`.
-    -> (1, channels, positions)."""
+    """The feature extractor on samples (1, n), the group norm of fairseq's ConvFeatureExtractionModel (if any)
+    using `stats`. -> (1, channels, positions)."""
+    if stats is None:
+        return extractor(samples)
     x = samples.unsqueeze(1)
     for block in extractor.conv_layers:
         for module in block:
@@ -105,10 +108,11 @@ def _first_conv_stats(conv: nn.Conv1d, norm: nn.GroupNorm, audio: torch.Tensor, 
 
 
 def conv_features_long(model: nn.Module, audio: torch.Tensor, chunk_samples: int) -> torch.Tensor:
-    """`model.feature_extractor(audio[None])` transposed to (1, T, channels), computed chunk by chunk."""
+    """`model.feature_extractor(audio[None])` transposed to (1, T, channels), computed chunk by chunk (`audio`
+    already left-padded where the model pads it)."""
     extractor, conv_layers = model.feature_extractor, model.conv_layers
     stats = None
-    for index, block in enumerate(extractor.conv_layers):
+    for index, block in enumerate(extractor.conv_layers if has_group_norm(extractor) else []):
         norms = [m for m in block if isinstance(m, nn.GroupNorm)]
         if norms and index > 0:  # fairseq's extractor only ever puts it right after the first conv
             raise ValueError("a group norm over time is supported only in the feature extractor's first block")
@@ -236,8 +240,10 @@ def extract_features_long(
     if output_layer is not None and not 1 <= output_layer <= len(layers):
         raise ValueError(f"output_layer must be in 1..{len(layers)}, got {output_layer}")
     window, hop = receptive_field(model.conv_layers)
-    if len(audio) < window:
-        raise ValueError(f"audio of {len(audio)} samples is shorter than one frame's window ({window})")
+    if len(audio) + model.left_padding < window:
+        raise ValueError(f"audio of {len(audio)} samples is shorter than one frame's window "
+                         f"({window - model.left_padding})")
+    audio = F.pad(audio, (model.left_padding, 0))  # the fbank front end's causal padding, as forward_features
     chunk_samples = max(window, round(chunk_seconds * sample_rate))
     chunk = max(1, chunk_samples // hop)
 

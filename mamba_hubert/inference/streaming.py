@@ -1,11 +1,12 @@
 """Streaming inference for causal Mamba-HuBERT models: audio in chunks, frame features out, state carried.
 
 A model streams exactly when nothing in it looks ahead or across the whole utterance: `layer_type=mamba`,
-`conv_pos=0` (fairseq's positional conv is non-causal) and `extractor_mode=layer_norm` (the default extractor's
-first group norm averages over the whole utterance). Everything else in HuBERT's `extract_features` is per
-frame. `StreamingEncoder` carries, between chunks, the samples of the next frame's CNN window (less than 400
-samples), and for every Mamba layer its conv tail (d_conv - 1 frames) and SSM state; each chunk runs through the
-CNN and every layer at once, the scan resuming from the carried state in one call of the fused kernel.
+`conv_pos=0` (fairseq's positional conv is non-causal) and `extractor_mode=layer_norm` or `fbank` (the default
+extractor's first group norm averages over the whole utterance). Everything else in HuBERT's `extract_features` is
+per frame. `StreamingEncoder` carries, between chunks, the samples of the next frame's front-end window (less than
+one window: 400 samples for HuBERT's CNN, 1,360 for the fbank front end at 50 Hz), and for every Mamba layer its
+conv tail (d_conv - 1 frames) and SSM state; each chunk runs through the front end and every layer at once, the
+scan resuming from the carried state in one call of the fused kernel.
 
 The chunk-level building blocks here (a Mamba block on a chunk with carried state, the eval-mode parts of a
 Mamba encoder layer) are shared with `mamba_hubert.inference.long_form`.
@@ -178,7 +179,8 @@ def check_streamable(model: nn.Module) -> None:
     if model.training:
         raise NotStreamableError("call model.eval() first: dropout and layer drop make chunked and offline outputs differ")
     if has_group_norm(model.feature_extractor):
-        raise NotStreamableError("extractor_mode=default normalises over the whole utterance; use extractor_mode=layer_norm")
+        raise NotStreamableError(
+            "extractor_mode=default normalises over the whole utterance; use extractor_mode=layer_norm or fbank")
     if not isinstance(model.encoder.pos_conv, ZeroPositionalConv):
         raise NotStreamableError("the positional conv looks ahead; a streaming model needs conv_pos=0")
     for index, layer in enumerate(model.encoder.layers):
@@ -204,14 +206,18 @@ class StreamingEncoder:
         self.layers: list[MambaEncoderLayer] = layers if output_layer is None else layers[:output_layer]
         self.conv_layers = model.conv_layers
         self.window, self.hop = receptive_field(self.conv_layers)
+        # The fbank front end's left padding is carried as samples before the stream, so the unpadded front end run
+        # on the carried window computes what the model computes offline on the padded audio.
+        self.left_padding = model.left_padding
         self.dim = model.encoder.embedding_dim
         self.reset()
 
     def reset(self) -> None:
         """Forget the stream: the next `push` starts a new one."""
         weight = self.model.encoder.layer_norm.weight
-        self._samples = weight.new_zeros(0)  # starts at sample hop * frames_emitted of the stream
-        self._num_samples = 0
+        # starts at sample hop * frames_emitted of the left-padded stream
+        self._samples = weight.new_zeros(self.left_padding)
+        self._num_samples = self.left_padding
         self._frames_emitted = 0
         self._states = [MambaState.zeros(layer.mixer, 1) for layer in self.layers]
 

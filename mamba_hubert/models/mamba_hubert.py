@@ -3,29 +3,41 @@
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from fairseq.data.data_utils import compute_mask_indices
 from fairseq.data.dictionary import Dictionary
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
 from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 from torch import nn
 
 from mamba_hubert.models.encoder_config import MambaLayerConfig
-from mamba_hubert.models.frames import conv_output_lengths
+from mamba_hubert.models.frames import causal_left_padding, conv_output_lengths, fbank_layers
 from mamba_hubert.models.seeded_masks import SeededMasking
 from mamba_hubert.modules.encoder import MambaEncoder, fairseq_buildable
+from mamba_hubert.modules.fbank import FbankFeatureExtractor
 from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm
 
 logger = logging.getLogger(__name__)
+
+EXTRACTOR_MODES = ("default", "layer_norm", "fbank")
+FBANK_MELS = 80
 
 
 @dataclass
 class MambaHubertConfig(MambaLayerConfig, HubertConfig):
     """fairseq's HubertConfig with the plugin's layer types and Mamba fields."""
+
+    extractor_mode: ChoiceEnum(EXTRACTOR_MODES) = field(
+        default="default", metadata={"help": "default / layer_norm: fairseq's conv extractor (group norm over time in "
+                                             "the first layer / a layer norm per frame in every layer); fbank: 80 "
+                                             "log-mel bins (25 ms / 10 ms), then two convs subsampling to "
+                                             "label_rate, as wide as conv_feature_layers' last layer; causal"}
+    )
 
 
 @register_model("mamba_hubert", dataclass=MambaHubertConfig)
@@ -33,11 +45,22 @@ class MambaHubertModel(SeededMasking, HubertModel):
     def __init__(
         self, cfg: MambaHubertConfig, task_cfg: HubertPretrainingConfig, dictionaries: list[Dictionary | None]
     ) -> None:
-        # HubertModel builds its own encoder from the config: an empty one here, replaced by ours
-        super().__init__(fairseq_buildable(cfg, encoder_layers=0, layer_type="transformer"), task_cfg, dictionaries)
+        # HubertModel builds its own encoder from the config: an empty one here, replaced by ours; and a conv
+        # extractor (fairseq knows no fbank mode), replaced below for extractor_mode=fbank
+        fbank = cfg.extractor_mode == "fbank"
+        super().__init__(fairseq_buildable(cfg, encoder_layers=0, layer_type="transformer",
+                                           **({"extractor_mode": "layer_norm"} if fbank else {})),
+                         task_cfg, dictionaries)
         logger.info("MambaHubertModel: encoder %s x %s", cfg.encoder_layers, cfg.layer_type)
         self.encoder = MambaEncoder(cfg)
         self.conv_layers = eval(cfg.conv_feature_layers)  # fairseq stores this field as a Python literal
+        self.left_padding = 0  # zero samples put before the audio (fbank's causal convs)
+        if fbank:
+            self.conv_layers = fbank_layers(FBANK_MELS, self.embed, task_cfg.sample_rate, cfg.label_rate)
+            self.left_padding = causal_left_padding(self.conv_layers)
+            self.feature_extractor = FbankFeatureExtractor(self.conv_layers, task_cfg.sample_rate, cfg.conv_bias)
+            self.feat2tar_ratio = 1.0  # one frame per label, by construction of the strides
+            return
         block = self.feature_extractor.conv_layers[0]
         for index, module in enumerate(block):  # the default extractor's GroupNorm over time: one that skips padding
             if isinstance(module, nn.GroupNorm):
@@ -49,7 +72,16 @@ class MambaHubertModel(SeededMasking, HubertModel):
 
     def _first_group_norm(self) -> ValidFramesGroupNorm | None:
         """Found, not kept as an attribute: a second reference would add keys to the state dict."""
-        return next((m for m in self.feature_extractor.conv_layers[0] if isinstance(m, ValidFramesGroupNorm)), None)
+        return next((m for m in self.feature_extractor.modules() if isinstance(m, ValidFramesGroupNorm)), None)
+
+    def frame_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Valid frames of utterances of `num_samples` samples: those whose whole receptive field is audio (or the
+        causal left padding)."""
+        return conv_output_lengths(num_samples, self.conv_layers, self.left_padding)
+
+    def forward_features(self, source: torch.Tensor) -> torch.Tensor:
+        """HubertModel's, after the causal left padding (none but for extractor_mode=fbank)."""
+        return super().forward_features(F.pad(source, (self.left_padding, 0)) if self.left_padding else source)
 
     def forward(self, source: torch.Tensor, target_list: list[torch.Tensor] | None = None,
                 padding_mask: torch.Tensor | None = None, mask: bool = True, features_only: bool = False,
@@ -66,8 +98,7 @@ class MambaHubertModel(SeededMasking, HubertModel):
 
     def forward_padding_mask(self, features: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """Frame mask from the exact conv arithmetic: a frame is valid only if its whole window is."""
-        num_samples = (~padding_mask).sum(-1)
-        num_frames = conv_output_lengths(num_samples, self.conv_layers)
+        num_frames = self.frame_lengths((~padding_mask).sum(-1))
         positions = torch.arange(features.size(1), device=padding_mask.device)
         return positions.unsqueeze(0) >= num_frames.unsqueeze(1)
 

@@ -35,7 +35,8 @@ def kmeans_dictionary(num_classes: int) -> Dictionary:
 def count_parameters(model: MambaHubertModel) -> dict:
     total = sum(p.numel() for p in model.parameters())
     encoder = sum(p.numel() for p in model.encoder.layers.parameters())
-    return {"total": total, "encoder_layers": encoder}
+    front_end = sum(p.numel() for p in model.feature_extractor.parameters())
+    return {"total": total, "encoder_layers": encoder, "front_end": front_end}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,10 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     names = args.configs or sorted(
         f[:-5] for f in os.listdir(args.config_dir) if f.endswith("_iter2.yaml") or (f.startswith("tiny_") and f != "tiny_base.yaml")
     )
-    print(f"{'config':32s} {'params (M)':>11s} {'encoder layers (M)':>19s}")
+    print(f"{'config':32s} {'params (M)':>11s} {'encoder layers (M)':>19s} {'front end (M)':>14s}")
     for name in names:
         counts = count_parameters(build_from_config(args.config_dir, name, args.num_classes))
-        print(f"{name:32s} {counts['total'] / 1e6:11.2f} {counts['encoder_layers'] / 1e6:19.2f}")
+        print(f"{name:32s} {counts['total'] / 1e6:11.2f} {counts['encoder_layers'] / 1e6:19.2f} "
+              f"{counts['front_end'] / 1e6:14.3f}")
 
 
 if __name__ == "__main__":

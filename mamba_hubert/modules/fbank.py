@@ -9,8 +9,10 @@ zero-padded FFT of the next power of two, the power spectrum, triangular filters
 """
 
 import math
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -59,3 +61,32 @@ class LogMelFilterbank(nn.Module):
     def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Frames of `num_samples` samples (0 when shorter than one window)."""
         return (torch.div(num_samples - self.win_length, self.hop_length, rounding_mode="floor") + 1).clamp(min=0)
+
+
+class FbankFeatureExtractor(nn.Module):
+    """`extractor_mode=fbank`: (batch, samples) waveform -> (batch, channels, frames), as fairseq's
+    ConvFeatureExtractionModel. Log-mel frames, then per conv layer Conv1d over time -> LayerNorm over channels ->
+    GELU. `layers` (`models.frames.fbank_layers`): (n_mels, window, hop) of the log-mel, then (channels, kernel,
+    stride) per conv. The convs are unpadded, so a frame reads its window of samples only; the model puts the
+    causal left padding (`frames.causal_left_padding`) in front of the audio."""
+
+    def __init__(self, layers: Sequence[tuple[int, int, int]], sample_rate: int = 16000, conv_bias: bool = False
+                 ) -> None:
+        super().__init__()
+        (n_mels, window, hop), *convs = layers
+        self.fbank = LogMelFilterbank(n_mels, sample_rate, window, hop)
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        channels_in = n_mels
+        for channels, kernel, stride in convs:
+            conv = nn.Conv1d(channels_in, channels, kernel, stride, bias=conv_bias)
+            nn.init.kaiming_normal_(conv.weight)  # as fairseq's conv extractor
+            self.convs.append(conv)
+            self.norms.append(nn.LayerNorm(channels))
+            channels_in = channels
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        x = self.fbank(wave).transpose(1, 2)
+        for conv, norm in zip(self.convs, self.norms):
+            x = F.gelu(norm(conv(x).transpose(1, 2)).transpose(1, 2))
+        return x
