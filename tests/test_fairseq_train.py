@@ -27,7 +27,7 @@ def no_unsafe_loading(monkeypatch):
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)  # checkpoints must load without it
 
 
-@pytest.mark.parametrize("layer_type", ["mamba", "ext_bimamba", "conbimamba"])
+@pytest.mark.parametrize("layer_type", ["mamba", "ext_bimamba", "conbimamba", "mamba2", "ext_bimamba2"])
 def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, layer_type):
     save_dir = tmp_path / "pretrain"
     log = hydra_train(f"pretrain/tiny_{layer_type}",
