@@ -1,7 +1,8 @@
-"""The selective scan, the Mamba block and ExtBiMamba against mamba-ssm's own code, run on CPU.
+"""The selective scan, the SSD scan, the Mamba and Mamba2 blocks and ExtBiMamba against mamba-ssm's own code, on CPU.
 
 mamba-ssm's Python part is installed by scripts/setup_venv.sh and loaded by mamba_hubert.ops.mamba_ssm_reference; its
-`Mamba` runs its non-fused forward with the scan computed by its `selective_scan_ref`. Without it these tests fail
+`Mamba` runs its non-fused forward with the scan computed by its `selective_scan_ref`, its `Mamba2` its non-fused
+forward with the scan computed by its `ssd_minimal_discrete` and the gated norm by its `rms_norm_ref`. Without it these tests fail
 with the install command: they are the suite's only check against the code this package mirrors, so never skip.
 """
 
@@ -15,15 +16,25 @@ import torch
 from mamba_hubert.modules import Mamba
 from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS, ExtBiMamba
 from mamba_hubert.modules.layers import build_mixer
+from mamba_hubert.modules.mamba2 import Mamba2
 from mamba_hubert.ops import selective_scan_fn
 from mamba_hubert.ops.mamba_ssm_reference import MambaSsmReference, load_mamba_ssm_reference
 from mamba_hubert.ops.selective_scan import fused_mamba_inner
+from mamba_hubert.ops.ssd import ssd_scan_chunked
 from tests.test_scan import make_inputs
 
 SCAN_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 ACTIVATIONS = ("u", "delta", "B", "C", "z")  # mamba-ssm keeps A, D and delta_bias in float32 (its A_log, D, dt bias)
 # (d_model, d_state, d_conv, expand, dt_rank): mamba-ssm's default, a narrow odd one, a wide one with an explicit rank
 BLOCK_CONFIGS = [(32, 16, 4, 2, "auto"), (24, 8, 3, 1.5, 5), (20, 4, 2, 3, 3)]
+# Mamba2 options: mamba-ssm's defaults but narrow; groups, a per-channel D, the norm before the gate, a conv of 3;
+# no norm (z gates inside the scan), biased projections, no conv bias, 6 heads of 10.
+MAMBA2_CONFIGS = [
+    {"d_model": 32, "d_state": 16, "headdim": 8},
+    {"d_model": 24, "d_state": 8, "headdim": 12, "ngroups": 2, "d_conv": 3, "D_has_hdim": True,
+     "norm_before_gate": True},
+    {"d_model": 20, "d_state": 4, "headdim": 10, "expand": 3, "rmsnorm": False, "bias": True, "conv_bias": False},
+]
 
 
 def reference() -> MambaSsmReference:
@@ -142,16 +153,106 @@ def test_mamba_inner_ref_with_our_weights_equals_our_forward(config):
         assert_close(ours(x), theirs, "output")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk_size", [8, 5])
+def test_ssd_scan_matches_ssd_minimal_discrete(dtype, chunk_size):
+    """Our chunked SSD (groups of heads, an initial state) against mamba-ssm's `ssd_minimal_discrete` (per-head B and
+    C, whole chunks of 8) called as mamba-ssm's own test calls it: values, final state, every input's gradient."""
+    from tests.test_ssd import leaves, make_ssd_inputs
+
+    inputs = make_ssd_inputs(4, length=24, dtype=dtype)
+    for name in ("D", "z", "dt_bias"):
+        del inputs[name]
+    inputs["dt"] = torch.nn.functional.softplus(inputs["dt"])
+    ours, theirs = leaves(inputs), leaves(inputs)
+    y, state = ssd_scan_chunked(**ours, chunk_size=chunk_size, return_final_states=True)
+    heads_per_group = inputs["x"].shape[2] // inputs["B"].shape[2]
+    B, C = (theirs[k].repeat_interleave(heads_per_group, dim=2) for k in ("B", "C"))
+    dt = theirs["dt"]
+    y_ref, state_ref = reference().ssd_minimal_discrete(theirs["x"] * dt.unsqueeze(-1), theirs["A"] * dt, B, C, 8,
+                                                        initial_states=theirs["initial_states"].unsqueeze(1))
+    assert_close(y, y_ref, "y")
+    assert_close(state, state_ref, "final state")
+    grad_y, grad_state = torch.randn_like(y_ref), torch.randn_like(state_ref)
+    grads = torch.autograd.grad((y, state), list(ours.values()), (grad_y, grad_state))
+    grads_ref = torch.autograd.grad((y_ref, state_ref), list(theirs.values()), (grad_y, grad_state))
+    for name, grad, grad_ref in zip(ours, grads, grads_ref, strict=True):
+        assert_close(grad, grad_ref, f"grad {name}")
+
+
+def mamba2_pair(config: dict, seed: int = 0) -> tuple[Mamba2, torch.nn.Module]:
+    """Our Mamba2 and mamba-ssm's (non-fused path) holding the same weights, off their init values."""
+    torch.manual_seed(seed)
+    ours = Mamba2(**config, chunk_size=8)
+    with torch.no_grad():  # so that a mix-up of the per-head parameters, the norm or the conv bias shows
+        for param in (ours.A_log, ours.D, ours.dt_bias):
+            param.add_(torch.randn_like(param) * 0.3)
+        if ours.norm is not None:
+            ours.norm.weight.normal_(1, 0.3)
+        for linear in (ours.in_proj, ours.out_proj, ours.conv1d):
+            if linear.bias is not None:
+                linear.bias.normal_(0, 0.3)
+    theirs = reference().Mamba2(**config, chunk_size=8, use_mem_eff_path=False)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("config", MAMBA2_CONFIGS)
+def test_mamba2_parameters_and_init_equal_mamba_ssm(config):
+    """mamba-ssm's Mamba2 constructed on CPU: the same names and shapes in the same order, and from the same seed the
+    same initial values (dt_bias, A_log, the projections, conv, norm), the same parameters kept from weight decay."""
+    torch.manual_seed(5)
+    theirs = reference().Mamba2(**config, use_mem_eff_path=False)
+    torch.manual_seed(5)
+    ours = Mamba2(**config)
+    ours_state, their_state = ours.state_dict(), theirs.state_dict()
+    assert [(k, v.shape) for k, v in ours_state.items()] == [(k, v.shape) for k, v in their_state.items()]
+    for name, value in their_state.items():
+        assert torch.equal(ours_state[name], value), name
+
+    def no_decay(module: torch.nn.Module) -> set[str]:
+        return {name for name, p in module.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+    assert no_decay(ours) == no_decay(theirs) == {"dt_bias", "A_log", "D"}
+
+
+@pytest.mark.parametrize("config", MAMBA2_CONFIGS)
+def test_mamba2_matches_mamba_ssm_forward_and_gradients(config):
+    """29 frames in chunks of 8 (the last one partial): outputs, the input's and every parameter's gradient."""
+    ours, theirs = mamba2_pair(config)
+    x = torch.randn(3, 29, config["d_model"])
+    x_ours, x_theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
+    assert_close(out_ours, out_theirs, "output")
+    grad_out = torch.randn_like(out_theirs)
+    out_ours.backward(grad_out)
+    out_theirs.backward(grad_out)
+    assert_close(x_ours.grad, x_theirs.grad, "grad x")
+    their_params = dict(theirs.named_parameters())
+    for name, param in ours.named_parameters():
+        assert_close(param.grad, their_params[name].grad, f"grad {name}")
+
+
+@pytest.mark.parametrize("block", ["mamba", "mamba2"])
 @pytest.mark.parametrize("fusion", BIMAMBA_FUSIONS)
-def test_ext_bimamba_matches_two_mamba_ssm_blocks_per_sequence(fusion):
-    """A padded batch through ExtBiMamba equals, on each sequence alone and unpadded, mamba-ssm's block with the
-    forward weights plus (concat or sum) its block with the backward weights reading the sequence reversed."""
+def test_ext_bimamba_matches_two_mamba_ssm_blocks_per_sequence(fusion, block):
+    """A padded batch through ExtBiMamba (`ext_bimamba`, `ext_bimamba2`) equals, on each sequence alone and unpadded,
+    mamba-ssm's block with the forward weights plus (concat or sum) its block with the backward weights reading the
+    sequence reversed."""
     d_model = 24
     torch.manual_seed(3)
-    ours = ExtBiMamba(d_model, fusion=fusion, d_state=8, d_conv=4, expand=2)
+    kwargs = {"d_state": 8, "d_conv": 4, "expand": 2}
+    if block == "mamba":
+        ours = ExtBiMamba(d_model, fusion=fusion, **kwargs)
+    else:
+        kwargs.update(headdim=12, chunk_size=8)
+        ours = ExtBiMamba(d_model, fusion=fusion, block=Mamba2, **kwargs)
     theirs = {}
     for name in ("forward_mamba", "backward_mamba"):
-        theirs[name] = reference().Mamba(d_model, d_state=8, d_conv=4, expand=2, use_fast_path=False)
+        if block == "mamba":
+            theirs[name] = reference().Mamba(d_model, **kwargs, use_fast_path=False)
+        else:
+            theirs[name] = reference().Mamba2(d_model, **kwargs, use_mem_eff_path=False)
         theirs[name].load_state_dict(getattr(ours, name).state_dict(), strict=True)
     lengths = [21, 14, 3]
     x = torch.randn(len(lengths), max(lengths), d_model)

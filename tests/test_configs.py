@@ -16,7 +16,8 @@ from mamba_hubert.models.spectrum_reconstruction import SpectrumReconstructionCo
 
 @pytest.mark.parametrize("name,lr", [("tiny_transformer", 0.001), ("tiny_conbimamba", 0.003), ("tiny_mamba", 0.005),
                                      ("tiny_ext_bimamba", 0.003), ("tiny_inn_bimamba", 0.005),
-                                     ("tiny_transbimamba", 0.005)])
+                                     ("tiny_transbimamba", 0.005), ("tiny_mamba2", 0.005),
+                                     ("tiny_ext_bimamba2", 0.003)])
 def test_tiny_configs_keep_their_own_learning_rate_and_layer_type(name, lr):
     with initialize_config_dir(config_dir=os.path.abspath(DEFAULT_CONFIG_DIR), version_base=None):
         cfg = compose_config(config_name=name)

@@ -29,7 +29,8 @@ def no_unsafe_loading(monkeypatch):
 
 @pytest.mark.parametrize("config, layer_type", [("tiny_mamba", "mamba"), ("tiny_ext_bimamba", "ext_bimamba"),
                                                 ("tiny_conbimamba", "conbimamba"),
-                                                ("tiny_conbimamba_fbank", "conbimamba")])
+                                                ("tiny_conbimamba_fbank", "conbimamba"),
+                                                ("tiny_mamba2", "mamba2"), ("tiny_ext_bimamba2", "ext_bimamba2")])
 def test_pretrain_reload_finetune_and_decode(corpus, tmp_path, config, layer_type):
     save_dir = tmp_path / "pretrain"
     log = hydra_train(f"pretrain/{config}",

@@ -8,7 +8,7 @@ import torch
 
 from mamba_hubert.models.encoder_config import EncoderConfig
 from mamba_hubert.models.mamba_hubert_asr import MambaHubertAsrConfig, head_encoder_config
-from mamba_hubert.modules import Mamba
+from mamba_hubert.modules import Mamba, Mamba2
 from mamba_hubert.modules.encoder import MambaEncoder
 from tests.conftest import tiny_model
 
@@ -63,7 +63,7 @@ def projections(encoder: torch.nn.Module, name: str) -> list[torch.Tensor]:
 
 # (layer type, FFN width, residual branches per layer: the mixer, and each FFN / conv module beside it)
 RESIDUAL_BRANCHES = [("mamba", 0, 1), ("mamba", 64, 2), ("ext_bimamba", 0, 1), ("inn_bimamba", 64, 2),
-                     ("transbimamba", 64, 2), ("conbimamba", 64, 4)]
+                     ("transbimamba", 64, 2), ("conbimamba", 64, 4), ("mamba2", 64, 2), ("ext_bimamba2", 0, 1)]
 
 
 @pytest.mark.parametrize("layer_type,ffn,branches", RESIDUAL_BRANCHES)
@@ -72,9 +72,10 @@ def test_encoder_initialises_projections_as_mamba_ssm(layer_type, ffn, branches)
     way and divides it by sqrt(residual branches per layer x layers)."""
     layers = 3
     encoder = tiny_model(layer_type, encoder_layers=layers, encoder_ffn_embed_dim=ffn).encoder
+    absent = {"x_proj", "x_proj_b"} if "mamba2" in layer_type else set() if layer_type == "inn_bimamba" else {"x_proj_b"}
     for name in ("in_proj", "x_proj", "x_proj_b", "out_proj"):
         weights = projections(encoder, name)
-        if name == "x_proj_b" and layer_type != "inn_bimamba":
+        if name in absent:  # Mamba2 has no x_proj; only InnBiMamba a backward one
             assert not weights
             continue
         bound = math.sqrt(3) * linear_default_std(weights[0])  # the same fan-in in every block
@@ -86,6 +87,10 @@ def test_encoder_initialises_projections_as_mamba_ssm(layer_type, ffn, branches)
     for block in encoder.modules():
         if isinstance(block, Mamba):
             assert block.dt_proj.bias.abs().min() > 0 and torch.equal(block.D, torch.ones_like(block.D))
+        if isinstance(block, Mamba2):  # mamba-ssm's: softplus(dt_bias) in [dt_min, dt_max], A in [1, 16], D ones
+            dt = torch.nn.functional.softplus(block.dt_bias)
+            assert dt.min() >= 0.001 * 0.999 and dt.max() <= 0.1 * 1.001
+            assert (-block.A_log.exp()).max() <= -1 and torch.equal(block.D, torch.ones_like(block.D))
 
 
 def test_bert_init_keeps_fairseqs_normal_projections_and_mamba_ssm_dt():

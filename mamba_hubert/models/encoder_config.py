@@ -19,6 +19,9 @@ class MambaLayerConfig(FairseqDataclass):
     mamba_d_state: int = field(default=16, metadata={"help": "SSM state size N"})
     mamba_d_conv: int = field(default=4, metadata={"help": "Mamba's causal depthwise conv width"})
     mamba_expand: float = field(default=2, metadata={"help": "d_inner = mamba_expand * encoder_embed_dim"})
+    mamba_headdim: int = field(default=64, metadata={"help": "mamba2/ext_bimamba2: channels per SSD head"})
+    mamba_ngroups: int = field(default=1, metadata={"help": "mamba2/ext_bimamba2: groups of heads sharing B and C"})
+    mamba_chunk_size: int = field(default=256, metadata={"help": "mamba2/ext_bimamba2: chunk length of the SSD scan"})
     bimamba_fusion: ChoiceEnum(BIMAMBA_FUSIONS) = field(
         default="concat", metadata={"help": "ext_bimamba/conbimamba: concat + Linear (Zhang) or sum (Lin)"}
     )

@@ -43,12 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("hydra", "fairseq", "mamba_hubert"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("configs", nargs="*", help="config names (default: every *_iter2 and tiny_* config)")
+    parser.add_argument("configs", nargs="*", help="config names (default: every *_iter2 config, *_iter1 where no "
+                                                   "_iter2 exists, and every tiny_* config)")
     parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR)
     parser.add_argument("--num-classes", type=int, default=500, help="k-means clusters (label embeddings)")
     args = parser.parse_args(argv)
+    files = set(os.listdir(args.config_dir))
     names = args.configs or sorted(
-        f[:-5] for f in os.listdir(args.config_dir) if f.endswith("_iter2.yaml") or (f.startswith("tiny_") and f != "tiny_base.yaml")
+        f[:-5] for f in files if f.endswith("_iter2.yaml") or (f.startswith("tiny_") and f != "tiny_base.yaml")
+        or (f.endswith("_iter1.yaml") and f.replace("_iter1", "_iter2") not in files)
     )
     print(f"{'config':32s} {'params (M)':>11s} {'encoder layers (M)':>19s} {'front end (M)':>14s}")
     for name in names:

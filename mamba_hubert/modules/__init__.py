@@ -2,5 +2,6 @@
 
 from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba, reverse_padded
 from mamba_hubert.modules.mamba import Mamba
+from mamba_hubert.modules.mamba2 import Mamba2
 
-__all__ = ["ExtBiMamba", "InnBiMamba", "Mamba", "reverse_padded"]
+__all__ = ["ExtBiMamba", "InnBiMamba", "Mamba", "Mamba2", "reverse_padded"]

@@ -38,16 +38,16 @@ def reverse_padded(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.
 
 
 class ExtBiMamba(nn.Module):
-    """Two independent Mamba blocks, one reading the sequence backwards, fused by `concat` (a Linear over
-    [forward; backward], Zhang et al.) or `sum` (Lin et al.)."""
+    """Two independent Mamba blocks (`block`: Mamba, or Mamba2 for `ext_bimamba2`), one reading the sequence
+    backwards, fused by `concat` (a Linear over [forward; backward], Zhang et al.) or `sum` (Lin et al.)."""
 
-    def __init__(self, d_model: int, fusion: str = "concat", **mamba_kwargs) -> None:
+    def __init__(self, d_model: int, fusion: str = "concat", block: type[nn.Module] = Mamba, **mamba_kwargs) -> None:
         super().__init__()
         if fusion not in BIMAMBA_FUSIONS:
             raise ValueError(f"bimamba_fusion must be one of {BIMAMBA_FUSIONS}, got {fusion!r}")
         self.fusion = fusion
-        self.forward_mamba = Mamba(d_model, **mamba_kwargs)
-        self.backward_mamba = Mamba(d_model, **mamba_kwargs)
+        self.forward_mamba = block(d_model, **mamba_kwargs)
+        self.backward_mamba = block(d_model, **mamba_kwargs)
         self.fuse = nn.Linear(2 * d_model, d_model) if fusion == "concat" else None
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:

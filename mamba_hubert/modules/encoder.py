@@ -21,8 +21,9 @@ from mamba_hubert.modules.bimamba import check_right_padded
 from mamba_hubert.modules.conformer import PaddingExactConformerLayer
 from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, MambaEncoderLayer, build_mixer
 from mamba_hubert.modules.mamba import Mamba
+from mamba_hubert.modules.mamba2 import Mamba2
 
-MAMBA_LAYER_TYPES = ("mamba", "ext_bimamba", "inn_bimamba", "conbimamba", "transbimamba")
+MAMBA_LAYER_TYPES = ("mamba", "ext_bimamba", "inn_bimamba", "conbimamba", "transbimamba", "mamba2", "ext_bimamba2")
 LAYER_TYPES = (*MAMBA_LAYER_TYPES, "transformer", "conformer")
 MAMBA_INITS = ("mamba_ssm", "bert")
 
@@ -33,6 +34,9 @@ def mamba_kwargs_from(args) -> dict:
         "d_conv": args.mamba_d_conv,
         "expand": args.mamba_expand,
         "scan_impl": args.scan_impl,
+        "headdim": args.mamba_headdim,
+        "ngroups": args.mamba_ngroups,
+        "chunk_size": args.mamba_chunk_size,
     }
 
 
@@ -85,7 +89,7 @@ class MambaEncoder(TransformerEncoder):
         # included: the projections go back to mamba-ssm's init unless `bert` keeps fairseq's, the SSM parameters always.
         for layer in self.layers:
             for module in layer.modules():
-                if isinstance(module, Mamba):
+                if isinstance(module, (Mamba, Mamba2)):
                     if args.mamba_init == "mamba_ssm":
                         module.reset_projections(layer.residual_branches * len(self.layers))
                     module.reset_ssm_parameters()

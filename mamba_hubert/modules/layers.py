@@ -10,12 +10,20 @@ from torch import nn
 
 from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
 from mamba_hubert.modules.mamba import Mamba
+from mamba_hubert.modules.mamba2 import Mamba2
 
 LayerOutput = tuple[torch.Tensor, tuple[None, torch.Tensor]]
+MAMBA2_ONLY_KWARGS = ("headdim", "ngroups", "chunk_size")  # what mamba_kwargs may hold for Mamba-2 mixers alone
 
 
 def build_mixer(kind: str, d_model: int, fusion: str, mamba_kwargs: dict) -> nn.Module:
-    """`mamba` (causal), `ext_bimamba` (two blocks, `fusion`) or `inn_bimamba` (shared projections)."""
+    """`mamba` (causal), `ext_bimamba` (two blocks, `fusion`), `inn_bimamba` (shared projections), or their Mamba-2
+    counterparts `mamba2` and `ext_bimamba2`."""
+    if kind == "mamba2":
+        return Mamba2(d_model, **mamba_kwargs)
+    if kind == "ext_bimamba2":
+        return ExtBiMamba(d_model, fusion=fusion, block=Mamba2, **mamba_kwargs)
+    mamba_kwargs = {k: v for k, v in mamba_kwargs.items() if k not in MAMBA2_ONLY_KWARGS}
     if kind == "mamba":
         return Mamba(d_model, **mamba_kwargs)
     if kind == "ext_bimamba":
@@ -74,7 +82,8 @@ class FeedForward(nn.Module):
 class MambaEncoderLayer(nn.Module):
     """Residual mixer, then an optional residual FFN (`d_ffn > 0`); post-LN like HuBERT Base, or pre-LN.
 
-    With the `mamba` mixer this is Lin et al.'s mambaformer; with ExtBiMamba(concat) and an FFN it is
+    With the `mamba` mixer this is Lin et al.'s mambaformer (`mamba2`: their mamba2former); with ExtBiMamba(concat)
+    and an FFN it is
     Zhang et al.'s TransBiMamba (a Transformer layer whose self-attention is ExtBiMamba).
     """
 
@@ -162,7 +171,7 @@ class ConBiMambaEncoderLayer(nn.Module):
         self.ffn1_layer_norm = nn.LayerNorm(d_model)
         self.ffn1 = FeedForward(d_model, d_ffn, F.silu, activation_dropout)
         self.mixer_layer_norm = nn.LayerNorm(d_model)
-        self.mixer = ExtBiMamba(d_model, fusion=fusion, **mamba_kwargs)
+        self.mixer = build_mixer("ext_bimamba", d_model, fusion, mamba_kwargs)
         self.conv = ConvolutionModule(d_model, kernel_size, dropout)
         self.ffn2_layer_norm = nn.LayerNorm(d_model)
         self.ffn2 = FeedForward(d_model, d_ffn, F.silu, activation_dropout)

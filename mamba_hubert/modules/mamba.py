@@ -11,6 +11,17 @@ from mamba_hubert.ops import selective_scan_fn
 from mamba_hubert.ops.selective_scan import fused_mamba_inner
 
 
+def reset_projections_as_mamba_ssm(inputs: list[nn.Linear], out_proj: nn.Linear, residual_branches: int) -> None:
+    """PyTorch's nn.Linear default for every projection, out_proj's weight then divided by sqrt(residual_branches);
+    zero biases, as mamba-ssm's MixerModel leaves them (shared by the Mamba-1 and Mamba-2 blocks)."""
+    for linear in (*inputs, out_proj):
+        linear.reset_parameters()
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
+    with torch.no_grad():
+        out_proj.weight /= math.sqrt(residual_branches)
+
+
 class Mamba(nn.Module):
     """Selective state space block (Gu & Dao 2023).
 
@@ -62,12 +73,7 @@ class Mamba(nn.Module):
         every Linear N(0, 0.02)): in_proj and x_proj get PyTorch's nn.Linear default, out_proj the same divided by
         sqrt(residual_branches), the number of residual branches in the whole model, as mamba-ssm's MixerModel
         rescales it (GPT-2's scheme). Biases (only with bias=True) are zero, as MixerModel leaves them."""
-        for linear in (self.in_proj, *self._x_projections(), self.out_proj):
-            linear.reset_parameters()
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
-        with torch.no_grad():
-            self.out_proj.weight /= math.sqrt(residual_branches)
+        reset_projections_as_mamba_ssm([self.in_proj, *self._x_projections()], self.out_proj, residual_branches)
 
     def _x_projections(self) -> list[nn.Linear]:
         return [self.x_proj]
