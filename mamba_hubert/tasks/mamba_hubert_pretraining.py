@@ -1,6 +1,6 @@
 """`mamba_hubert_pretraining`: fairseq's HuBERT task plus what this project adds to it: a data check before
-any training starts, random crops and span masks that a resumed run replays, and a CTC generator for
-fairseq-generate."""
+any training starts, random crops, span masks and training-split augmentation that a resumed run replays, and a CTC
+generator for fairseq-generate."""
 
 import logging
 from dataclasses import dataclass, field
