@@ -12,7 +12,7 @@ pip() { .venv/bin/python -m pip "$@"; }
 pip install -q --upgrade pip setuptools wheel
 pip install -q torch==2.13.0
 pip install -q "numpy<2.5" cython "hydra-core==1.3.2" "omegaconf==2.3.0" cffi regex sacrebleu tqdm bitarray \
-  soundfile joblib scikit-learn scipy kaldi-native-fbank editdistance matplotlib tensorboardX \
+  soundfile soxr joblib scikit-learn scipy kaldi-native-fbank editdistance matplotlib tensorboardX \
   pytest pytest-xdist ruff ninja==1.13.2 flashlight-text==0.0.7
 if ! .venv/bin/python -c "import fairseq" 2>/dev/null; then
   pip install -q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1

@@ -13,8 +13,11 @@ fairseq's HuBERT draws from unsaved generators, the plugin keys on saved state i
   data loader's persistent workers, which fairseq keeps from epoch to epoch (mamba_hubert.tasks.seeded_crops);
 - LayerDrop (fairseq: numpy's global generator) is drawn from (seed, update, forward within the update)
   (mamba_hubert.modules.encoder).
+Augmentation (speed perturbation, noise) is drawn from (seed, epoch, utterance id), the epoch shared as the crops'
+(mamba_hubert.tasks.augmentation).
 The runs below are the unpatched console script with the tiny config's defaults, random crops included, killed in
-a later epoch than the first, once with a data-loader worker and once with LayerDrop.
+a later epoch than the first, once with a data-loader worker that also adds noise and once with LayerDrop, and a
+hubert_ctc fine-tune with speed perturbation and noise; each ends with the uninterrupted run's parameters, bit for bit.
 """
 
 import hashlib
@@ -48,7 +51,7 @@ from mamba_hubert.tasks.spectrum_reconstruction import SpectrumReconstructionTas
 from tests.conftest import tiny_model
 from tests.fairseq_runs import (
     SMALL_MODEL,
-    assert_same_parameters,
+    finetune_overrides,
     follow,
     load_state,
     logged_records,
@@ -213,12 +216,28 @@ def corpus(tmp_path_factory) -> Path:
 # 16 updates (epochs 1-3), saved every 4. The killed runs resume from the save at update 8, inside epoch 2: a resume
 # inside epoch 1 hid the data-loader workers' stale epoch.
 LONG_RUN = ["optimization.max_update=16", "checkpoint.save_interval_updates=4"]
-SETTINGS = {"workers": ["dataset.num_workers=1"], "layerdrop": ["model.encoder_layerdrop=0.3"]}
+# The worker also adds noise (lengths kept, so the frame-level labels allow it), drawn from (seed, epoch, utterance).
+SETTINGS = {"workers": ["dataset.num_workers=1", "++task.noise_snr_db=[5,20]"],
+            "layerdrop": ["model.encoder_layerdrop=0.3"]}
+# Letter targets allow speed perturbation too.
+AUGMENTED_CTC = ["common.log_format=json", "common.log_interval=1", "dataset.batch_size=2", *LONG_RUN,
+                 "dataset.num_workers=1", "++task.speed_perturb=[0.9,1.0,1.1]", "++task.noise_snr_db=[5,20]"]
+COMPARED_CTC = ("loss", "gnorm", "lr", "wpb", "bsz")
 
 
 def run_command(corpus: Path, save_dir: Path, setting: str) -> list[str]:
     return train_command("pretrain/tiny_mamba", pretrain_overrides(
         corpus, save_dir, *REPRODUCIBLE, *LONG_RUN, *SETTINGS[setting]))
+
+
+def finetune_command(corpus: Path, save_dir: Path, pretrained: Path) -> list[str]:
+    return train_command("finetune/tiny_ctc", finetune_overrides(corpus, save_dir, pretrained, *AUGMENTED_CTC))
+
+
+def run_whole(command: list[str], root: Path) -> tuple[Path, dict[int, dict]]:
+    """(save dir, train_inner records) of an uninterrupted run of `command` (whose save dir is root/checkpoints)."""
+    output = follow(start(command, root), root / "train.log")
+    return root / "checkpoints", logged_records(output, "train_inner")
 
 
 @pytest.fixture(scope="module")
@@ -229,22 +248,19 @@ def uninterrupted(corpus, tmp_path_factory) -> Callable[[str], tuple[Path, dict[
     def run(setting: str) -> tuple[Path, dict[int, dict]]:
         if setting not in runs:
             root = tmp_path_factory.mktemp(f"uninterrupted_{setting}")
-            output = follow(start(run_command(corpus, root / "checkpoints", setting), root), root / "train.log")
-            runs[setting] = root / "checkpoints", logged_records(output, "train_inner")
+            runs[setting] = run_whole(run_command(corpus, root / "checkpoints", setting), root)
         return runs[setting]
 
     return run
 
 
-@pytest.mark.parametrize("setting", SETTINGS)
-def test_sigkill_in_a_later_epoch_then_resume_matches_uninterrupted_run(corpus, uninterrupted, tmp_path, setting):
-    whole_dir, whole = uninterrupted(setting)
+def assert_killed_in_epoch_2_resumes_as(command: list[str], cwd: Path, save_dir: Path, whole_dir: Path,
+                                        whole: dict[int, dict], compared: tuple[str, ...]) -> None:
+    """Runs `command`, SIGKILLs it after update 9 (epoch 2), reruns it: every update logged and the final
+    parameters, bit for bit, must be the uninterrupted run's (`whole_dir`, `whole`)."""
     assert sorted(whole) == list(range(1, 17))
-
-    save_dir = tmp_path / "checkpoints"
-    command = run_command(corpus, save_dir, setting)
     # Update 9 is logged after the save at update 8 and before the next save: the resumed run must redo it.
-    first = follow(start(command, tmp_path), tmp_path / "first.log",
+    first = follow(start(command, cwd), cwd / "first.log",
                    kill_when=lambda line: "[train_inner]" in line and '"num_updates": "9"' in line)
     before_kill = logged_records(first, "train_inner")
     assert max(before_kill) == 9 and "done training" not in first
@@ -252,18 +268,38 @@ def test_sigkill_in_a_later_epoch_then_resume_matches_uninterrupted_run(corpus, 
     assert last["extra_state"]["train_iterator"]["epoch"] == 2
     assert last["extra_state"]["train_iterator"]["iterations_in_epoch"] == 2  # mid-epoch
 
-    second = follow(start(command, tmp_path), tmp_path / "second.log")
+    second = follow(start(command, cwd), cwd / "second.log")
     assert f"Loaded checkpoint {save_dir / 'checkpoint_last.pt'} (epoch 2 @ 8 updates)" in second
     resumed = logged_records(second, "train_inner")
     assert sorted(resumed) == list(range(9, 17))  # crosses into epoch 3 after resuming
     # Two fresh runs with one seed agree (updates 1-9), and the resumed run continues the uninterrupted one.
     for step, record in [*before_kill.items(), *resumed.items()]:
-        for key in COMPARED:
+        for key in compared:
             assert float(record[key]) == pytest.approx(float(whole[step][key]), abs=1e-3), (step, key)
 
     final, expected = load_state(save_dir / "checkpoint_last.pt"), load_state(whole_dir / "checkpoint_last.pt")
     assert final["extra_state"]["train_iterator"] == expected["extra_state"]["train_iterator"]
-    assert_same_parameters(final["model"], expected["model"])
+    assert final["model"].keys() == expected["model"].keys()
+    for name, value in expected["model"].items():
+        assert torch.equal(final["model"][name], value), name
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_sigkill_in_a_later_epoch_then_resume_matches_uninterrupted_run(corpus, uninterrupted, tmp_path, setting):
+    whole_dir, whole = uninterrupted(setting)
+    save_dir = tmp_path / "checkpoints"
+    assert_killed_in_epoch_2_resumes_as(run_command(corpus, save_dir, setting), tmp_path, save_dir, whole_dir, whole,
+                                        COMPARED)
+
+
+def test_sigkill_then_resume_of_a_speed_perturbed_noisy_ctc_finetune(corpus, uninterrupted, tmp_path):
+    """hubert_ctc on letters with speed perturbation and noise, from the workers setting's pretrained model."""
+    pretrained = uninterrupted("workers")[0] / "checkpoint_last.pt"
+    whole_dir, whole = run_whole(finetune_command(corpus, tmp_path / "whole" / "checkpoints", pretrained),
+                                 tmp_path / "whole")
+    save_dir = tmp_path / "killed" / "checkpoints"
+    assert_killed_in_epoch_2_resumes_as(finetune_command(corpus, save_dir, pretrained), tmp_path / "killed", save_dir,
+                                        whole_dir, whole, COMPARED_CTC)
 
 
 def test_rerunning_a_finished_run_trains_nothing_and_keeps_its_checkpoints(corpus, uninterrupted, tmp_path):

@@ -1,10 +1,10 @@
 """`mamba_hubert_pretraining`: fairseq's HuBERT task plus what this project adds to it: a data check before
-any training starts, random crops and span masks that a resumed run replays, and a CTC generator for
-fairseq-generate."""
+any training starts, random crops, span masks and training-split augmentation that a resumed run replays, and a CTC
+generator for fairseq-generate."""
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional  # noqa: UP035
 
 import torch
 from fairseq.data.audio.hubert_dataset import HubertDataset
@@ -18,8 +18,8 @@ from omegaconf import II
 from mamba_hubert.analysis.layerwise import XT_KEYS, layerwise_mi
 from mamba_hubert.data.check import validate_or_raise
 from mamba_hubert.models.seeded_masks import seeded_draws
+from mamba_hubert.tasks.augmentation import Augmentation, SeededAugmentation
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
-from mamba_hubert.tasks.seeded_crops import SeededCrops
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,16 @@ class MambaHubertPretrainingConfig(HubertPretrainingConfig):
     mi_max_frames: int = field(default=2000, metadata={"help": "frames per MI estimate (subsampled)"})
     mi_mine_iterations: int = field(default=1000, metadata={"help": "MINE steps per estimate during training"})
     mi_seeds: int = field(default=2, metadata={"help": "MINE seeds (fresh networks) per estimate"})
-    seed: int = field(default=II("common.seed"), metadata={"help": "seeds random crops and span masks"})
+    seed: int = field(default=II("common.seed"), metadata={"help": "seeds random crops, span masks and augmentation"})
+    # Training split only, drawn per utterance from (seed, epoch, utterance id). List[...], not list[...]: fairseq's
+    # CLI flags recognise only the typing form.
+    speed_perturb: List[float] = field(  # noqa: UP006
+        default_factory=list, metadata={"help": "speed factors drawn from per training utterance, e.g. [0.9,1.0,1.1] "
+                                                "(soxr resampling); [] = off. Only with sequence labels "
+                                                "(label_rate=-1): frame-level labels would no longer line up"})
+    noise_snr_db: Optional[List[float]] = field(  # noqa: UP006, UP045
+        default=None, metadata={"help": "[low, high]: add Gaussian noise to each training utterance at an SNR "
+                                        "drawn uniformly in this range (dB); null or [] = off"})
     # Decoding (fairseq-generate): greedy unless both a lexicon and an LM are given. Optional[...], not `| None`:
     # fairseq turns these fields into CLI flags and recognises only the typing form.
     ctc_lexicon: Optional[str] = field(  # noqa: UP045
@@ -62,8 +71,9 @@ class MambaHubertPretrainingConfig(HubertPretrainingConfig):
         default=25.0, metadata={"help": "hypotheses scoring this far below the best are dropped"})
 
 
-class SeededCropHubertDataset(SeededCrops, HubertDataset):
-    """HubertDataset whose random crops follow from (seed, epoch, the batch's utterance ids)."""
+class SeededCropHubertDataset(SeededAugmentation, HubertDataset):
+    """HubertDataset whose random crops follow from (seed, epoch, the batch's utterance ids), and its augmentation
+    (if any) from (seed, epoch, the utterance id)."""
 
     def crop_to_max_size(self, wav: torch.Tensor, target_size: int) -> tuple[torch.Tensor, int]:
         excess = len(wav) - target_size
@@ -82,11 +92,21 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
             # fairseq's HubertDataset would crop each batch to its shortest utterance but keep every transcript.
             raise ValueError("fine-tuning on transcripts needs task.pad_audio=true (fairseq would otherwise crop "
                              "the audio to the shortest utterance of each batch while keeping full transcripts)")
+        self.augmentation = Augmentation.from_config(cfg.speed_perturb, cfg.noise_snr_db)
+        if self.augmentation.speed_factors and cfg.label_rate > 0:
+            # Refused rather than resampling the labels: nearest-neighbour k-means labels would be made-up targets.
+            raise ValueError(f"task.speed_perturb={list(self.augmentation.speed_factors)} changes the utterances' "
+                             f"lengths, so the frame-level labels (task.label_rate={cfg.label_rate}) would no longer "
+                             f"line up with the audio: use it with sequence labels (fine-tuning on letters, "
+                             f"task.label_rate=-1), or set task.speed_perturb=[] (task.noise_snr_db keeps lengths)")
         super().__init__(cfg)
         self._mi_last_update = None
         self._mi_pending = False
 
     def load_dataset(self, split: str, **kwargs) -> None:
+        # Only fairseq's Trainer.get_train_iterator passes data_selector: validation and fairseq-generate never do, so
+        # their splits (whatever their names) are never augmented.
+        training = "data_selector" in kwargs
         dictionaries = [self.target_dictionary] if self.cfg.fine_tuning else self.dictionaries
         if self.cfg.check_data:
             validate_or_raise(
@@ -118,6 +138,7 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
             random_crop=self.cfg.random_crop,
             single_target=self.cfg.single_target,
             seed=self.cfg.seed,
+            augmentation=self.augmentation if training else None,
         )
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):

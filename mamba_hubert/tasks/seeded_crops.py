@@ -35,6 +35,11 @@ class SeededCrops:
         self.crop_rng = np.random.default_rng([self.seed, self.epoch, *(sample["id"] for sample in samples)])
         return super().collater(samples)
 
+    def utterance_rng(self, index: int) -> np.random.Generator:
+        """The generator of one utterance in this epoch (e.g. for its augmentation), whatever batch it is in."""
+        # Its own spawn key: a one-utterance batch's crop generator has the same entropy (seed, epoch, id).
+        return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, index], spawn_key=(1,)))
+
     def crop_start(self, excess: int) -> int:
         """Where a crop that leaves out `excess` samples starts."""
         return int(self.crop_rng.integers(0, excess + 1))
