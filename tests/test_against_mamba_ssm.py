@@ -117,7 +117,8 @@ def test_block_matches_mamba_ssm_forward_and_gradients(config):
 @pytest.mark.parametrize("config", [c for c in BLOCK_CONFIGS if float(c[3]).is_integer()])
 def test_step_matches_mamba_ssm_inference_cache(config):
     """mamba-ssm fills its inference cache from a prompt (its forward with return_last_state), then decodes with
-    its step(); ours steps from zero states. Outputs agree frame by frame and the two caches at the end.
+    its step(); ours runs forward one frame at a time from a zero state. Outputs agree frame by frame and the two
+    caches at the end (ours keeps d_conv - 1 conv inputs: mamba-ssm's oldest one is never read again).
     (mamba-ssm sizes its cache as d_model * expand, which a fractional expand makes a float, hence integer ones.)"""
     ours, theirs = block_pair(config, seed=1)
     x = torch.randn(2, 13, config[0])
@@ -129,15 +130,12 @@ def test_step_matches_mamba_ssm_inference_cache(config):
         for t in range(prompt, x.shape[1]):
             cache.seqlen_offset = t
             expected.append(theirs(x[:, t : t + 1], inference_params=cache))
-        conv_state, ssm_state = ours.allocate_state(x.shape[0])
-        steps = []
-        for t in range(x.shape[1]):
-            out, conv_state, ssm_state = ours.step(x[:, t], conv_state, ssm_state)
-            steps.append(out)
-    assert_close(torch.stack(steps, 1), torch.cat(expected, 1), "step outputs")
+        state = ours.allocate_state(x.shape[0])
+        steps = [ours(x[:, t : t + 1], state=state) for t in range(x.shape[1])]
+    assert_close(torch.cat(steps, 1), torch.cat(expected, 1), "step outputs")
     their_conv, their_ssm = cache.key_value_memory_dict[0]
-    assert_close(conv_state, their_conv, "conv state")
-    assert_close(ssm_state, their_ssm, "ssm state")
+    assert_close(state.conv, their_conv[..., 1:], "conv state")
+    assert_close(state.ssm, their_ssm, "ssm state")
 
 
 @pytest.mark.parametrize("config", BLOCK_CONFIGS)

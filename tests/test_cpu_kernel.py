@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.cpp_extension import _get_build_directory
 
-from mamba_hubert.ops import cpu_kernel
+from mamba_hubert.ops import cpu_kernel, selective_scan_reference
 from tests.conftest import load_benchmark
 
 pytestmark = pytest.mark.skipif(not cpu_kernel.is_available(), reason=f"{cpu_kernel.unavailable_reason()}")
@@ -140,6 +140,37 @@ def test_gradcheck_float64():
         return y, last
 
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 150), (2, 2, 40, 70), (3, 2, 5, 9)],
+                         ids=lambda s: "b{}_d{}_n{}_L{}".format(*s))
+def test_initial_state_matches_reference(shape):
+    """A scan from a given state (checkpoints, padded lanes, two lane groups) against the reference from that state:
+    y, the last state and the gradient of every input and of the initial state, to 1e-5."""
+    batch, d_inner, d_state, _ = shape
+    inputs = make_inputs(*shape, seed=13)
+    initial = torch.randn(batch, d_inner, d_state, generator=torch.Generator().manual_seed(14)).requires_grad_()
+    wrt = [*inputs.values(), initial]
+    ours = cpu_kernel.selective_scan_cpu(**inputs, delta_softplus=True, return_last_state=True, initial_state=initial)
+    ref = selective_scan_reference(**inputs, delta_softplus=True, return_last_state=True, initial_state=initial)
+    for name, o, r in zip(("y", "last_state"), ours, ref):
+        assert_close_rel(o, r, 1e-5, name)
+    g = torch.Generator().manual_seed(15)
+    grads_out = [torch.randn(r.shape, generator=g) for r in ref]
+    grads = [torch.autograd.grad(sum((t * go).sum() for t, go in zip(out, grads_out)), wrt) for out in (ours, ref)]
+    for name, a, b in zip([*inputs, "initial_state"], *grads, strict=True):
+        assert_close_rel(a, b, 1e-5, f"grad {name}")
+
+
+def test_initial_state_gradcheck_float64():
+    inputs = make_inputs(1, 2, 3, 70, seed=5, dtype=torch.float64)
+    initial = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def fn(*xs):
+        return cpu_kernel.selective_scan_cpu(*xs[:-1], delta_softplus=True, return_last_state=True,
+                                             initial_state=xs[-1])
+
+    assert torch.autograd.gradcheck(fn, [inputs[k] for k in NAMES] + [initial], eps=1e-6, atol=1e-7)
 
 
 def test_last_state_is_final_hidden_state():

@@ -1,5 +1,5 @@
 """The Mamba block's parameters mirror mamba-ssm's, an encoder initialises them as mamba-ssm does (or as fairseq's
-BERT init with `mamba_init=bert`), and step() reproduces forward()."""
+BERT init with `mamba_init=bert`), and a forward continuing from a state reproduces one forward over the whole."""
 
 import math
 
@@ -9,7 +9,10 @@ import torch
 from mamba_hubert.models.encoder_config import EncoderConfig
 from mamba_hubert.models.mamba_hubert_asr import MambaHubertAsrConfig, head_encoder_config
 from mamba_hubert.modules import Mamba, Mamba2
+from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
 from mamba_hubert.modules.encoder import MambaEncoder
+from mamba_hubert.modules.mamba import MambaState
+from mamba_hubert.ops import cpu_kernel, selective_scan_fn, selective_scan_reference
 from tests.conftest import tiny_model
 
 
@@ -123,9 +126,50 @@ def test_step_equals_forward(seed):
     block = Mamba(48, d_state=8, d_conv=4, expand=2).eval()
     x = torch.randn(3, 25, 48)
     full = block(x)
-    conv_state, ssm_state = block.allocate_state(3)
-    steps = []
-    for t in range(x.shape[1]):
-        out, conv_state, ssm_state = block.step(x[:, t], conv_state, ssm_state)
-        steps.append(out)
-    assert torch.allclose(torch.stack(steps, 1), full, rtol=1e-5, atol=1e-5)
+    state = block.allocate_state(3)
+    steps = [block(x[:, t : t + 1], state=state) for t in range(x.shape[1])]
+    assert torch.allclose(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["reference"] + (["cpu"] if cpu_kernel.is_available() else []))
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_forward_with_state_continues_the_sequence(impl, dtype, tol, monkeypatch):
+    """[0, 2), [2, 81), [81, 100) through one state (a piece shorter than the conv tail, one longer than the CPU
+    kernel's checkpoint interval) equal one forward over [0, 100), and the state ends as the reference scan of the
+    whole sequence does. Slow decay (A in [-1, -0.05]) makes a state lost at a boundary change outputs by ~0.1."""
+    torch.manual_seed(0)
+    block = Mamba(32, d_state=8, d_conv=4, expand=2, scan_impl=impl)
+    with torch.no_grad():
+        block.A_log.uniform_(-3, 0)
+    block = block.to(dtype).eval()
+    x = torch.randn(2, 100, 32, dtype=dtype)
+    scans = []
+
+    def recording_scan(*args, **kwargs):
+        scans.append((args, kwargs))
+        return selective_scan_fn(*args, **kwargs)
+
+    monkeypatch.setattr("mamba_hubert.modules.mamba.selective_scan_fn", recording_scan)
+    with torch.no_grad():
+        whole = block(x)
+        (args, kwargs), = scans
+        reference_kwargs = {**kwargs, "return_last_state": True, "initial_state": None}
+        del reference_kwargs["impl"]
+        _, whole_state = selective_scan_reference(*args, **reference_kwargs)
+        state = block.allocate_state(2)
+        pieces = [block(x[:, start:stop], state=state) for start, stop in ((0, 2), (2, 81), (81, 100))]
+    assert isinstance(state, MambaState) and state.conv.dtype == dtype and state.ssm.dtype == torch.float32
+    assert state.conv.shape == (2, 64, 3) and state.ssm.shape == (2, 64, 8)
+    scale = whole.abs().max().item()
+    torch.testing.assert_close(torch.cat(pieces, 1), whole, rtol=tol, atol=tol * scale)
+    torch.testing.assert_close(state.ssm, whole_state, rtol=1e-5, atol=1e-5 * whole_state.abs().max().item())
+
+
+def test_a_state_takes_no_padding_and_bidirectional_mixers_take_none():
+    block = Mamba(16, d_state=4)
+    x = torch.randn(1, 5, 16)
+    with pytest.raises(ValueError, match="no padding_mask"):
+        block(x, torch.zeros(1, 5, dtype=torch.bool), state=block.allocate_state(1))
+    for mixer in (InnBiMamba(16, d_state=4), ExtBiMamba(16, d_state=4)):
+        with pytest.raises(ValueError, match="bidirectional"):
+            mixer(x, state=block.allocate_state(1))

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_hubert.ops import resolve_scan_impl, selective_scan_fn
+from mamba_hubert.ops import resolve_scan_impl, selective_scan_fn, selective_scan_reference
+from mamba_hubert.ops.selective_scan import add_initial_state
 
 
 def loop_scan(u, delta, A, B, C, D, z, delta_bias, softplus):
@@ -88,12 +89,61 @@ def test_single_step_and_long_sequence(impl):
         assert_close(y, y_ref, f"L={length}")
 
 
+def scan_from(impl, u, delta, A, B, C, D, z, delta_bias=None, *, initial_state):
+    """(y, last state) of a softplus scan from `initial_state`: a backend's own, or "closed_form", the CUDA path's
+    closed form on top of the reference run from zero (mamba-ssm's kernel has no initial state)."""
+    args = (u, delta, A, B, C, D, z, delta_bias, True, True)
+    if impl == "closed_form":
+        return add_initial_state(selective_scan_reference, *args, initial_state)
+    return selective_scan_fn(*args, initial_state=initial_state, impl=impl)
+
+
+@pytest.mark.parametrize("impl", [*impls(), "closed_form"])
+def test_initial_state_continues_the_sequence(impl):
+    """Scanning [0, 37) then [37, 90) from the first part's last state equals one scan of [0, 90)."""
+    g = torch.Generator().manual_seed(0)
+    batch, d_inner, d_state, length, split = 2, 6, 5, 90, 37
+    u, z = torch.randn(2, batch, d_inner, length, generator=g)
+    delta = torch.randn(batch, d_inner, length, generator=g) - 2
+    A = -torch.exp(torch.randn(d_inner, d_state, generator=g) * 2)  # |A| from ~0.01 to ~50
+    B, C = torch.randn(2, batch, d_state, length, generator=g)
+    D = torch.randn(d_inner, generator=g)
+    whole, whole_state = selective_scan_reference(u, delta, A, B, C, D, z, delta_softplus=True,
+                                                  return_last_state=True)
+    _, state = selective_scan_reference(*(t[..., :split] for t in (u, delta)), A, B[..., :split], C[..., :split], D,
+                                        z[..., :split], delta_softplus=True, return_last_state=True)
+    rest, rest_state = scan_from(impl, *(t[..., split:] for t in (u, delta)), A, B[..., split:], C[..., split:], D,
+                                 z[..., split:], initial_state=state)
+    torch.testing.assert_close(rest, whole[..., split:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rest_state, whole_state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_z,with_bias", [(True, True), (False, False)])
+def test_closed_form_initial_state_matches_reference(with_z, with_bias):
+    """The closed form that adds an initial state to mamba-ssm's CUDA scan, against the reference's recurrence from
+    that state: y, the last state and the gradient of every input and of the state, to 1e-5."""
+    inputs = make_inputs(5, length=70, with_z=with_z, with_bias=with_bias)
+    initial = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(6))
+    outputs = {}
+    for impl in ("closed_form", "reference"):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items() if v is not None}
+        state = initial.clone().requires_grad_(True)
+        y, last = scan_from(impl, *(leaves.get(k) for k in inputs), initial_state=state)
+        grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+        grads = torch.autograd.grad((y * grad_y).sum() + last.sum(), [*leaves.values(), state])
+        outputs[impl] = dict(zip(["y", "last state", *leaves, "initial_state"], (y, last, *grads), strict=True))
+    for name, expected in outputs["reference"].items():
+        assert_close(outputs["closed_form"][name], expected.double(), name)
+
+
 def test_bad_shapes_and_impls_are_rejected():
     inputs = make_inputs(3)
     with pytest.raises(ValueError, match="B must be"):
         selective_scan_fn(**{**inputs, "B": inputs["B"][:, :, :-1]})
     with pytest.raises(ValueError, match="scan_impl"):
         selective_scan_fn(**inputs, impl="fast")
+    with pytest.raises(ValueError, match="initial_state must be"):
+        selective_scan_fn(**inputs, initial_state=torch.zeros(2, 6, 4))
     with pytest.raises(RuntimeError, match="cuda"):
         selective_scan_fn(**inputs, impl="cuda")
 

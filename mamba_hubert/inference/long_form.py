@@ -12,7 +12,7 @@ rounding aside) with peak memory O(T x d_model) plus one chunk's working set:
   the audio windows' first and second moments (the conv is linear), and every chunk is normalised with them.
 - Encoder: layer by layer over the whole sequence. Per-frame parts (layer norms, projections, FFNs) run in chunks
   of frames. Every Mamba scan direction runs over the chunks with its conv tail and SSM state carried
-  (`streaming.mamba_chunk`), which is exact for causal layers; a bidirectional mixer (ext/inn bimamba,
+  (the block's `MambaState`), which is exact for causal layers; a bidirectional mixer (ext/inn bimamba,
   conbimamba, transbimamba) takes a second pass, back to front over time-reversed chunks, for its backward
   direction - also exact, since that direction is a causal scan of the reversed sequence. A causal layer
   (`layer_type=mamba`) runs whole chunk by chunk, written back over its input: no whole-sequence temporaries.
@@ -27,15 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_hubert.inference.streaming import (
-    MambaState,
-    after_mixer,
-    causal_layer_chunk,
-    has_group_norm,
-    mamba_chunk,
-    mixer_input,
-    scan_branch_chunk,
-)
+from mamba_hubert.inference.streaming import after_mixer, causal_layer_chunk, has_group_norm, mixer_input
 from mamba_hubert.models.frames import conv_output_length, receptive_field
 from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
 from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, ConvolutionModule, MambaEncoderLayer
@@ -134,11 +126,11 @@ def mamba_over_chunks(block: Mamba, x: torch.Tensor, chunk: int, reverse: bool =
     """`block(x)` for x (b, T, d), or with `reverse` R(block(R(x))) (R = time reversal), chunk by chunk with
     the state carried."""
     out = torch.empty_like(x)
-    state = MambaState.zeros(block, x.shape[0])
+    state = block.allocate_state(x.shape[0])
     starts = range(0, x.shape[1], chunk)
     for start in reversed(starts) if reverse else starts:
         piece = x[:, start : start + chunk]
-        y, state = mamba_chunk(block, piece.flip(1) if reverse else piece, state)
+        y = block(piece.flip(1) if reverse else piece, state=state)
         out[:, start : start + chunk] = y.flip(1) if reverse else y
     return out
 
@@ -149,18 +141,18 @@ def _inn_bimamba_long(block: InnBiMamba, x: torch.Tensor, chunk: int) -> torch.T
     batch, length, _ = x.shape
     starts = range(0, length, chunk)
     forward_y = x.new_empty(batch, block.d_inner, length)
-    state = MambaState.zeros(block, batch)
+    state = block.allocate_state(batch)
     for start in starts:
         hidden, gate = block.in_proj(x[:, start : start + chunk]).transpose(1, 2).chunk(2, dim=1)
-        forward_y[..., start : start + chunk], state = scan_branch_chunk(
-            block, hidden, gate, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D, state
+        forward_y[..., start : start + chunk] = block.scan_branch(
+            hidden, gate, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D, state
         )
     out = torch.empty_like(x)
-    state = MambaState.zeros(block, batch)
+    state = block.allocate_state(batch)
     for start in reversed(starts):
         hidden, gate = block.in_proj(x[:, start : start + chunk].flip(1)).transpose(1, 2).chunk(2, dim=1)
-        backward_y, state = scan_branch_chunk(
-            block, hidden, gate, block.conv1d_b, block.x_proj_b, block.dt_proj_b, block.A_b_log, block.D_b, state
+        backward_y = block.scan_branch(
+            hidden, gate, block.conv1d_b, block.x_proj_b, block.dt_proj_b, block.A_b_log, block.D_b, state
         )
         y = (forward_y[..., start : start + chunk] + backward_y.flip(-1)) / 2
         out[:, start : start + chunk] = block.out_proj(y.transpose(1, 2))
@@ -200,11 +192,10 @@ def _conbimamba_long(layer: ConBiMambaEncoderLayer, x: torch.Tensor, chunk: int)
 def _causal_layer_in_place(layer: MambaEncoderLayer, x: torch.Tensor, chunk: int) -> torch.Tensor:
     """A causal Mamba layer in one pass over the chunks, each overwritten with its output: the layer allocates
     one chunk's working set and no whole-sequence tensors."""
-    state = MambaState.zeros(layer.mixer, x.shape[0])
+    state = layer.mixer.allocate_state(x.shape[0])
     for start in range(0, x.shape[1], chunk):
         piece = x[:, start : start + chunk]
-        out, state = causal_layer_chunk(layer, piece, state)
-        piece.copy_(out)
+        piece.copy_(causal_layer_chunk(layer, piece, state))
     return x
 
 

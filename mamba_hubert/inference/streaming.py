@@ -5,142 +5,19 @@ A model streams exactly when nothing in it looks ahead or across the whole utter
 extractor's first group norm averages over the whole utterance). Everything else in HuBERT's `extract_features` is
 per frame. `StreamingEncoder` carries, between chunks, the samples of the next frame's front-end window (less than
 one window: 400 samples for HuBERT's CNN, 1,360 for the fbank front end at 50 Hz), and for every Mamba layer its
-conv tail (d_conv - 1 frames) and SSM state; each chunk runs through the front end and every layer at once, the
-scan resuming from the carried state in one call of the fused kernel.
+conv tail (d_conv - 1 frames) and SSM state (the block's `MambaState`); each chunk runs through the front end and
+every layer at once, each block continuing from its carried state (`Mamba.forward(x, state=...)`).
 
-The chunk-level building blocks here (a Mamba block on a chunk with carried state, the eval-mode parts of a
-Mamba encoder layer) are shared with `mamba_hubert.inference.long_form`.
+The eval-mode parts of a Mamba encoder layer here are shared with `mamba_hubert.inference.long_form`.
 """
 
-import functools
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mamba_hubert.models.frames import conv_output_length, receptive_field
 from mamba_hubert.modules.encoder import ZeroPositionalConv
 from mamba_hubert.modules.layers import MambaEncoderLayer
-from mamba_hubert.modules.mamba import Mamba
-from mamba_hubert.ops import selective_scan_fn
-
-# Step size of the steps that load a carried state (see `selective_scan_from_state`): a power of two, so that
-# u / step * step is exact, and small enough that exp(step * A) rounds to exactly 1 in float32 for |A| < 2^35.
-_LOAD_STEP = 2.0**-60
-
-
-@dataclass
-class MambaState:
-    """What one Mamba scan direction carries from one chunk to the next."""
-
-    conv: torch.Tensor  # (batch, d_inner, d_conv - 1): the last conv inputs, oldest first
-    ssm: torch.Tensor  # (batch, d_inner, d_state) float32: the scan's hidden state after the last frame
-
-    @classmethod
-    def zeros(cls, block: Mamba, batch_size: int) -> "MambaState":
-        """The state before the first frame: the offline conv's left zero padding and a zero scan state."""
-        _, ssm_state = block.allocate_state(batch_size)
-        return cls(block.conv1d.weight.new_zeros(batch_size, block.d_inner, block.d_conv - 1), ssm_state)
-
-
-@functools.lru_cache(maxsize=16)
-def _load_steps(
-    batch: int, d_inner: int, d_state: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """delta, B, C and z (float32) of the d_state steps that load a state (see `selective_scan_from_state`): they
-    depend only on shapes, so each chunk reuses them instead of building them (cheap ops, but each costs a thread
-    hand-off)."""
-    delta = torch.full((batch, d_inner, d_state), _LOAD_STEP, device=device)
-    B = torch.eye(d_state, device=device).expand(batch, d_state, d_state)
-    C = torch.zeros(batch, d_state, d_state, device=device)
-    z = torch.zeros(batch, d_inner, d_state, device=device)
-    return delta, B, C, z
-
-
-def selective_scan_from_state(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None,
-    z: torch.Tensor | None,
-    initial_state: torch.Tensor,
-    impl: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`selective_scan_fn` (delta final, i.e. after bias and softplus) starting from `initial_state` instead of 0.
-
-    u, delta, z: (b, d_inner, L); A: (d_inner, N); B, C: (b, N, L); initial_state: (b, d_inner, N).
-    Returns (y (b, d_inner, L) in u's dtype, last state (b, d_inner, N) float32).
-
-    The state is loaded by N extra steps in front of the chunk; step k has B = e_k, C = 0, z = 0, delta = 2^-60
-    and u = initial_state[..., k] * 2^60, so it adds delta * u = initial_state[..., k] exactly to state k while
-    exp(delta * A) rounds to exactly 1 (|A| < 2^35). The chunk then runs in the same kernel call. A closed form
-    (h_t += exp(A cumsum(delta)) h_0) gives the same result but costs about 15x the fused scan on CPU, since it
-    materialises (b, d_inner, L, N). The scan runs in float32 whatever the inputs' dtype: 2^60 overflows float16,
-    bfloat16 would round the loaded state to 8 bits, and mamba-ssm's kernel wants delta in u's dtype. A state beyond
-    2^67 in magnitude would overflow to inf when scaled; the outputs would then show inf rather than wrong values.
-    """
-    batch, d_inner, _ = u.shape
-    d_state = A.shape[1]
-    load_delta, load_B, load_C, load_z = _load_steps(batch, d_inner, d_state, u.device)
-    y, last_state = selective_scan_fn(
-        torch.cat([initial_state.float() * (1 / _LOAD_STEP), u.float()], dim=-1),  # step k loads column k
-        torch.cat([load_delta, delta.float()], dim=-1),
-        A,
-        torch.cat([load_B, B.float()], dim=-1),
-        torch.cat([load_C, C.float()], dim=-1),
-        D,
-        z=None if z is None else torch.cat([load_z, z.float()], dim=-1),
-        return_last_state=True,
-        impl=impl,
-    )
-    return y[..., d_state:].to(u.dtype), last_state
-
-
-def scan_branch_chunk(
-    block: Mamba,
-    hidden: torch.Tensor,
-    gate: torch.Tensor,
-    conv1d: nn.Conv1d,
-    x_proj: nn.Linear,
-    dt_proj: nn.Linear,
-    A_log: torch.Tensor,
-    D: torch.Tensor,
-    state: MambaState,
-) -> tuple[torch.Tensor, MambaState]:
-    """One scan direction of `block` (its own parameters or InnBiMamba's backward set) on a chunk that continues
-    the sequence `state` ended: hidden, gate (b, d_inner, T) -> (gated y (b, d_inner, T), state after the chunk).
-    Mirrors `Mamba._scan_branch`, whose conv pads with zeros on the left where this uses the carried tail."""
-    width = conv1d.kernel_size[0]
-    history = torch.cat([state.conv, hidden], dim=-1)
-    hidden = F.silu(F.conv1d(history, conv1d.weight, conv1d.bias, groups=conv1d.groups))
-    dt, B, C = x_proj(hidden.transpose(1, 2)).split([block.dt_rank, block.d_state, block.d_state], dim=-1)
-    delta = F.softplus(F.linear(dt, dt_proj.weight).float().transpose(1, 2) + dt_proj.bias.float()[:, None])
-    y, ssm = selective_scan_from_state(
-        hidden,
-        delta,
-        -torch.exp(A_log.float()),
-        B.transpose(1, 2),
-        C.transpose(1, 2),
-        D.float(),
-        gate,
-        state.ssm,
-        impl=block.scan_impl,
-    )
-    # clone: a slice would keep the whole chunk's storage alive in the carried state
-    return y, MambaState(history[..., history.shape[-1] - (width - 1) :].clone(), ssm)
-
-
-def mamba_chunk(block: Mamba, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
-    """Causal Mamba block on a chunk: x (b, T, d_model) -> (out (b, T, d_model), state after the chunk).
-    Feeding a sequence chunk by chunk gives `block(sequence)` to float rounding."""
-    hidden, gate = block.in_proj(x).transpose(1, 2).chunk(2, dim=1)
-    y, state = scan_branch_chunk(
-        block, hidden, gate, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D, state
-    )
-    return block.out_proj(y.transpose(1, 2)), state
+from mamba_hubert.modules.mamba import Mamba, MambaState
 
 
 def mixer_input(layer: MambaEncoderLayer, x: torch.Tensor) -> torch.Tensor:
@@ -158,11 +35,10 @@ def after_mixer(layer: MambaEncoderLayer, x: torch.Tensor, mixed: torch.Tensor) 
     return x if layer.ffn is None else layer.final_layer_norm(x + layer.ffn(x))
 
 
-def causal_layer_chunk(layer: MambaEncoderLayer, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
-    """A causal `MambaEncoderLayer` (eval mode) on the next chunk (b, t, d) of a sequence, its scan state carried:
-    the chunks' outputs, concatenated, are the layer's output on the whole sequence."""
-    mixed, state = mamba_chunk(layer.mixer, mixer_input(layer, x), state)
-    return after_mixer(layer, x, mixed), state
+def causal_layer_chunk(layer: MambaEncoderLayer, x: torch.Tensor, state: MambaState) -> torch.Tensor:
+    """A causal `MambaEncoderLayer` (eval mode) on the next chunk (b, t, d) of a sequence, its mixer's state carried
+    (advanced in place): the chunks' outputs, concatenated, are the layer's output on the whole sequence."""
+    return after_mixer(layer, x, layer.mixer(mixer_input(layer, x), state=state))
 
 
 def has_group_norm(module: nn.Module) -> bool:
@@ -219,7 +95,7 @@ class StreamingEncoder:
         self._samples = weight.new_zeros(self.left_padding)
         self._num_samples = self.left_padding
         self._frames_emitted = 0
-        self._states = [MambaState.zeros(layer.mixer, 1) for layer in self.layers]
+        self._states = [layer.mixer.allocate_state(1) for layer in self.layers]
 
     @property
     def frames_emitted(self) -> int:
@@ -269,7 +145,7 @@ class StreamingEncoder:
         if not encoder.layer_norm_first:
             x = encoder.layer_norm(x)
         for index, layer in enumerate(self.layers):
-            x, self._states[index] = causal_layer_chunk(layer, x, self._states[index])
+            x = causal_layer_chunk(layer, x, self._states[index])
         if encoder.layer_norm_first and self.output_layer is None:
             x = encoder.layer_norm(x)
         return x

@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import nn
 
-from mamba_hubert.modules.mamba import Mamba
+from mamba_hubert.modules.mamba import Mamba, MambaState
 from mamba_hubert.ops.selective_scan import fused_mamba_inner
 
 BIMAMBA_FUSIONS = ("concat", "sum")
@@ -37,6 +37,13 @@ def reverse_padded(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.
     return x.gather(1, index)
 
 
+def refuse_state(mixer: nn.Module, state: MambaState | None) -> None:
+    """A bidirectional mixer reads its whole input back to front, so there is no state to continue from."""
+    if state is not None:
+        raise ValueError(f"{type(mixer).__name__} is bidirectional: it runs on whole sequences and takes no state "
+                         f"(long_form runs its directions chunk by chunk)")
+
+
 class ExtBiMamba(nn.Module):
     """Two independent Mamba blocks (`block`: Mamba, or Mamba2 for `ext_bimamba2`), one reading the sequence
     backwards, fused by `concat` (a Linear over [forward; backward], Zhang et al.) or `sum` (Lin et al.)."""
@@ -50,7 +57,10 @@ class ExtBiMamba(nn.Module):
         self.backward_mamba = block(d_model, **mamba_kwargs)
         self.fuse = nn.Linear(2 * d_model, d_model) if fusion == "concat" else None
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, state: MambaState | None = None
+    ) -> torch.Tensor:
+        refuse_state(self, state)
         forward_out = self.forward_mamba(x, padding_mask)
         backward_out = reverse_padded(self.backward_mamba(reverse_padded(x, padding_mask), padding_mask), padding_mask)
         if self.fuse is None:
@@ -84,7 +94,10 @@ class InnBiMamba(Mamba):
     def _x_projections(self) -> list[nn.Linear]:
         return [*super()._x_projections(), self.x_proj_b]
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, state: MambaState | None = None
+    ) -> torch.Tensor:
+        refuse_state(self, state)
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, L): hidden, then gate
@@ -100,10 +113,7 @@ class InnBiMamba(Mamba):
             out = (out_forward + out_backward) / 2
         else:
             hidden, gate = xz.chunk(2, dim=1)
-            y_forward = self._scan_branch(hidden, gate, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
-            y_backward = self._scan_branch(reverse(hidden), reverse(gate), *backward_set)
+            y_forward = self.scan_branch(hidden, gate, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+            y_backward = self.scan_branch(reverse(hidden), reverse(gate), *backward_set)
             out = self.out_proj(((y_forward + reverse(y_backward)) / 2).transpose(1, 2))
         return out if padding_mask is None else out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-
-    def step(self, *args, **kwargs):
-        raise NotImplementedError("a bidirectional mixer cannot run frame by frame")

@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +23,22 @@ def reset_projections_as_mamba_ssm(inputs: list[nn.Linear], out_proj: nn.Linear,
         out_proj.weight /= math.sqrt(residual_branches)
 
 
+@dataclass
+class MambaState:
+    """Where a Mamba block's sequence stopped: what its next input continues from (mamba-ssm's inference cache, the
+    conv part one frame shorter since the newest frame always comes with the input)."""
+
+    conv: torch.Tensor  # (batch, d_inner, d_conv - 1) in the block's dtype: the last conv inputs, oldest first
+    ssm: torch.Tensor  # (batch, d_inner, d_state) float32: the scan's state after the last frame
+
+
 class Mamba(nn.Module):
     """Selective state space block (Gu & Dao 2023).
 
     Parameter names and shapes equal mamba-ssm's `Mamba` for the same arguments, so state dicts load
     either way. Input and output are (batch, length, d_model). A right-padded batch gives each valid
-    frame the output it has alone: the conv and scan are causal and padded inputs are zeroed.
+    frame the output it has alone: the conv and scan are causal and padded inputs are zeroed. Given a `MambaState`
+    (`allocate_state`), the block continues the sequence that state ended and updates it in place.
     """
 
     def __init__(
@@ -106,22 +117,32 @@ class Mamba(nn.Module):
         A_log._no_weight_decay = True
         D._no_weight_decay = True
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (batch, length, d_model); padding_mask: (batch, length) bool, True = padded (right padding)."""
+    def forward(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, state: MambaState | None = None
+    ) -> torch.Tensor:
+        """x: (batch, length, d_model); padding_mask: (batch, length) bool, True = padded (right padding).
+
+        With `state`, x continues the sequence the state ended (its conv reads the carried tail instead of zero
+        padding, its scan starts from the carried state) and the state is advanced in place to x's last frame."""
+        if state is not None and padding_mask is not None:
+            raise ValueError("a Mamba block with a state takes no padding_mask: each row continues its own sequence, "
+                             "so feed only valid frames")
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, L): hidden, then gate
-        fused = fused_mamba_inner(self.scan_impl, x.device)
+        # mamba_inner_fn has no initial state, so a stateful call runs the conv and scan separately
+        fused = fused_mamba_inner(self.scan_impl, x.device) if state is None else None
         if fused is not None:
             out = self._fused_branch(fused, xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         else:
-            y = self._scan_branch(*xz.chunk(2, dim=1), self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+            y = self.scan_branch(*xz.chunk(2, dim=1), self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D,
+                                 state)
             out = self.out_proj(y.transpose(1, 2))
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out
 
-    def _scan_branch(
+    def scan_branch(
         self,
         hidden: torch.Tensor,
         gate: torch.Tensor,
@@ -130,11 +151,19 @@ class Mamba(nn.Module):
         dt_proj: nn.Linear,
         A_log: nn.Parameter,
         D: nn.Parameter,
+        state: MambaState | None = None,
     ) -> torch.Tensor:
-        """Causal conv + selective scan of one direction: (b, d_inner, L) -> gated y (b, d_inner, L)."""
-        hidden = F.silu(conv1d(hidden)[..., : hidden.shape[-1]])
+        """Causal conv + selective scan of one direction (the block's parameters, or InnBiMamba's backward set):
+        (b, d_inner, L) -> gated y (b, d_inner, L); continues from `state` and advances it in place, if given."""
+        length = hidden.shape[-1]
+        if state is None:
+            hidden = F.silu(conv1d(hidden)[..., :length])
+        else:
+            history = torch.cat([state.conv, hidden], dim=-1)
+            hidden = F.silu(F.conv1d(history, conv1d.weight, conv1d.bias, groups=conv1d.groups))
+            state.conv.copy_(history[..., history.shape[-1] - state.conv.shape[-1] :])
         dt, B, C = self._project(hidden.transpose(1, 2), x_proj, dt_proj)
-        return selective_scan_fn(
+        result = selective_scan_fn(
             hidden,
             dt,
             -torch.exp(A_log.float()),
@@ -144,8 +173,15 @@ class Mamba(nn.Module):
             z=gate,
             delta_bias=dt_proj.bias.float(),
             delta_softplus=True,
+            return_last_state=state is not None,
+            initial_state=None if state is None else state.ssm,
             impl=self.scan_impl,
         )
+        if state is None:
+            return result
+        y, last_state = result
+        state.ssm.copy_(last_state)
+        return y
 
     def _fused_branch(
         self,
@@ -157,7 +193,7 @@ class Mamba(nn.Module):
         A_log: nn.Parameter,
         D: nn.Parameter,
     ) -> torch.Tensor:
-        """`_scan_branch` and out_proj of one direction in mamba-ssm's fused block (`mamba_inner_fn`'s signature):
+        """`scan_branch` and out_proj of one direction in mamba-ssm's fused block (`mamba_inner_fn`'s signature):
         xz (b, 2 d_inner, L) -> (b, L, d_model)."""
         return fused(xz, conv1d.weight, conv1d.bias, x_proj.weight, dt_proj.weight, self.out_proj.weight,
                      self.out_proj.bias, -torch.exp(A_log.float()), None, None, D.float(),
@@ -171,28 +207,8 @@ class Mamba(nn.Module):
         dt = F.linear(dt, dt_proj.weight)  # the bias is added (in float32) inside the scan
         return dt.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
 
-    def allocate_state(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero (conv_state (b, d_inner, d_conv), ssm_state (b, d_inner, d_state)) for `step`."""
+    def allocate_state(self, batch_size: int) -> MambaState:
+        """The state before a sequence's first frame: the offline conv's zero padding and a zero scan state."""
         weight = self.conv1d.weight
-        conv_state = weight.new_zeros(batch_size, self.d_inner, self.d_conv)
-        ssm_state = weight.new_zeros(batch_size, self.d_inner, self.d_state, dtype=torch.float32)
-        return conv_state, ssm_state
-
-    def step(
-        self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One frame: x (b, d_model) -> (out (b, d_model), new conv_state, new ssm_state)."""
-        hidden, gate = self.in_proj(x).chunk(2, dim=-1)
-        conv_state = torch.cat([conv_state[:, :, 1:], hidden.unsqueeze(-1)], dim=-1)
-        hidden = (conv_state * self.conv1d.weight.squeeze(1)).sum(-1)
-        if self.conv1d.bias is not None:
-            hidden = hidden + self.conv1d.bias
-        hidden = F.silu(hidden)
-        dt, B, C = self._project(hidden.unsqueeze(1), self.x_proj, self.dt_proj)
-        dt = F.softplus(dt.squeeze(-1).float() + self.dt_proj.bias.float())  # (b, d_inner)
-        A = -torch.exp(self.A_log.float())
-        decay = torch.exp(dt.unsqueeze(-1) * A)
-        ssm_state = decay * ssm_state + (dt * hidden.float()).unsqueeze(-1) * B.squeeze(-1).float().unsqueeze(1)
-        y = (ssm_state * C.squeeze(-1).float().unsqueeze(1)).sum(-1) + self.D.float() * hidden.float()
-        y = (y * F.silu(gate.float())).to(x.dtype)
-        return self.out_proj(y), conv_state, ssm_state
+        return MambaState(weight.new_zeros(batch_size, self.d_inner, self.d_conv - 1),
+                          weight.new_zeros(batch_size, self.d_inner, self.d_state, dtype=torch.float32))

@@ -109,26 +109,28 @@ def _extension() -> ModuleType:
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
-        keep = any(ctx.needs_input_grad[:8])
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state):
+        keep = any(ctx.needs_input_grad[:9])
         out, last, checkpoints = _extension().forward(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, keep
+            u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, return_last_state, keep
         )
         if keep:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, checkpoints)
         ctx.delta_softplus = delta_softplus
         ctx.return_last_state = return_last_state
+        ctx.has_initial_state = initial_state is not None
         return (out, last) if return_last_state else out
 
     @staticmethod
     def backward(ctx, dout, *dlast):
         u, delta, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
         dlast_state = dlast[0].contiguous() if ctx.return_last_state else None
-        du, ddelta, dA, dB, dC, dD, dz, dbias = _extension().backward(
-            dout.contiguous(), dlast_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints
+        *grads, dinitial = _extension().backward(
+            dout.contiguous(), dlast_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, checkpoints,
+            ctx.has_initial_state,
         )
         # Gradients of absent optional inputs come back from C++ as None (undefined tensors).
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
+        return *grads, dinitial, None, None
 
 
 def selective_scan_cpu(
@@ -142,10 +144,12 @@ def selective_scan_cpu(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
 ) -> ScanOutput:
     """Selective scan on CPU with mamba-ssm's `selective_scan_fn` signature; differentiable in every tensor.
 
-    u, delta, z: (batch, d_inner, L); A: (d_inner, N) real; B, C: (batch, N, L); D, delta_bias: (d_inner,).
+    u, delta, z: (batch, d_inner, L); A: (d_inner, N) real; B, C: (batch, N, L); D, delta_bias: (d_inner,);
+    initial_state: (batch, d_inner, N), the state before the first step (zero when None).
     Computes in float64 when u is float64, else float32; y is returned in u's dtype and the last state
     (batch, d_inner, N) in the compute dtype, as mamba-ssm does.
     """
@@ -157,7 +161,7 @@ def selective_scan_cpu(
         return None if t is None else t.to(dtype).contiguous()
 
     result = _SelectiveScan.apply(
-        prep(u), prep(delta), prep(A), prep(B), prep(C), prep(D), prep(z), prep(delta_bias),
+        prep(u), prep(delta), prep(A), prep(B), prep(C), prep(D), prep(z), prep(delta_bias), prep(initial_state),
         bool(delta_softplus), bool(return_last_state),
     )
     if return_last_state:

@@ -1,7 +1,8 @@
 """Selective scan (Mamba-1 S6) with one signature for every backend.
 
 `selective_scan_fn` follows `mamba_ssm.ops.selective_scan_interface.selective_scan_fn`:
-u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L); D, delta_bias: (d_inner,).
+u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L); D, delta_bias: (d_inner,); and, beyond
+mamba-ssm's signature, initial_state (batch, d_inner, N) float32: the state before the first step (zero when None).
 Backends: mamba-ssm's CUDA kernel for CUDA tensors, the fused C++ CPU kernel, or the sequential
 PyTorch reference (always available, differentiable by autograd, slow).
 """
@@ -82,6 +83,14 @@ def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
             raise ValueError(f"{name} must be (batch, d_state, L) = {expected}; got {tuple(tensor.shape)}")
 
 
+def _step_sizes(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
+    """The scan's step sizes in float32: delta plus its bias, through softplus if asked."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
 def selective_scan_reference(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -93,18 +102,16 @@ def selective_scan_reference(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
 ) -> ScanOutput:
     """Plain recurrence over time, computed in float32; the ground truth the fast kernels are tested against."""
     _check_shapes(u, delta, A, B, C)
     dtype = u.dtype
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    delta = _step_sizes(delta, delta_bias, delta_softplus)
+    u, A, B, C = (t.float() for t in (u, A, B, C))
     decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, L, n)
     drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (b, d, L, n)
-    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if initial_state is None else initial_state.float()
     outputs = []
     for t in range(u.shape[2]):
         state = decay[:, :, t] * state + drive[:, :, t]
@@ -116,6 +123,37 @@ def selective_scan_reference(
         y = y * F.silu(z.float())
     y = y.to(dtype)
     return (y, state) if return_last_state else y
+
+
+def add_initial_state(
+    scan: Callable[..., ScanOutput],
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    return_last_state: bool,
+    initial_state: torch.Tensor,
+) -> ScanOutput:
+    """`scan` (a backend without an initial state: mamba-ssm's CUDA kernel) run from zero, plus what
+    `initial_state` h0 adds, in closed form: the scan is linear in its state, so h0 contributes
+    exp(A sum_{s<=t} delta_s) h0 to state t, C_t . that (gated by silu(z_t)) to y_t.
+
+    Exact, and differentiable by autograd; it materialises (batch, d_inner, L, N), which streaming chunks afford.
+    """
+    out = scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    y, last = out if return_last_state else (out, None)
+    carried = torch.exp(_step_sizes(delta, delta_bias, delta_softplus).cumsum(-1).unsqueeze(-1) * A.float()[:, None])
+    carried = carried * initial_state.float().unsqueeze(2)  # (b, d, L, N): h0's part of every state
+    y_extra = torch.einsum("bdln,bnl->bdl", carried, C.float())
+    if z is not None:
+        y_extra = y_extra * F.silu(z.float())
+    y = (y.float() + y_extra).to(u.dtype)
+    return (y, last + carried[:, :, -1]) if return_last_state else y
 
 
 def resolve_scan_impl(impl: str, device: torch.device) -> str:
@@ -150,14 +188,21 @@ def selective_scan_fn(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
     impl: str = "auto",
 ) -> ScanOutput:
-    """Selective scan with mamba-ssm's signature and semantics, dispatched to the best available backend."""
+    """Selective scan with mamba-ssm's signature and semantics, dispatched to the best available backend;
+    `initial_state` (batch, d_inner, N) float32 starts the scan from that state instead of zero."""
     _check_shapes(u, delta, A, B, C)
+    if initial_state is not None and tuple(initial_state.shape) != (u.shape[0], u.shape[1], A.shape[1]):
+        raise ValueError(f"initial_state must be (batch, d_inner, d_state) = {(u.shape[0], u.shape[1], A.shape[1])}; "
+                         f"got {tuple(initial_state.shape)}")
     backend = resolve_scan_impl(impl, u.device)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "cuda":
-        return _mamba_ssm_scan()(*args)
+        if initial_state is None:
+            return _mamba_ssm_scan()(*args)
+        return add_initial_state(_mamba_ssm_scan(), *args, initial_state)
     if backend == "cpu":
-        return cpu_kernel.selective_scan_cpu(*args)
-    return selective_scan_reference(*args)
+        return cpu_kernel.selective_scan_cpu(*args, initial_state)
+    return selective_scan_reference(*args, initial_state)

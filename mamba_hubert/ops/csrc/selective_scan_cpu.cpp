@@ -2,7 +2,7 @@
 //
 // Semantics are those of mamba-ssm's selective_scan_fn with input-dependent B and C:
 //   dt = delta + delta_bias (then softplus),  h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,
-//   y_t = C_t . h_t + D u_t,  out = y * silu(z).
+//   y_t = C_t . h_t + D u_t,  out = y * silu(z);  h_{-1} = initial_state, or 0 without one.
 // Rows (batch x d_inner) run in parallel; each row walks the time axis once with its state in registers.
 // Memory is O(batch * d_inner * (L + d_state)): the forward keeps the state only every kCheckpoint steps and
 // the backward recomputes one chunk of states at a time from those checkpoints before its reverse scan.
@@ -240,6 +240,7 @@ struct Problem {
   const T* D;      // (dim) or null
   const T* z;      // (batch, dim, len) or null
   const T* bias;   // (dim) or null
+  const T* h0;     // (batch, dim, nstate) or null: the state entering step 0
   bool softplus;
   int64_t dim, len, nstate, npad, nchunks;
 };
@@ -289,9 +290,11 @@ MH_INLINE void forward_group(const Problem<T>& p, const ForwardOut<T>& o, int64_
   const T* Bb = p.B + b * p.len * p.npad + n0;
   const T* Cb = p.C + b * p.len * p.npad + n0;
   V a[K], h[K];
+  T start[G] = {};  // padded lanes stay zero
+  for (int64_t n = 0; p.h0 && n < G && n0 + n < p.nstate; ++n) start[n] = p.h0[row * p.nstate + n0 + n];
   for (int k = 0; k < K; ++k) {
     a[k] = load<V>(p.A + d * p.npad + n0 + k * W);
-    h[k] = V{};
+    h[k] = load<V>(start + k * W);
   }
   for (int64_t c = 0; c < p.nchunks; ++c) {
     if (o.ckpt) {
@@ -355,6 +358,7 @@ struct BackwardIo {
   T* dA;           // (dim, npad), accumulated over the batch
   T* dD;           // (dim) or null, accumulated
   T* dbias;        // (dim) or null, accumulated
+  T* dh0;          // (batch, dim, nstate) or null: gradient of the state entering step 0
 };
 
 // Per-thread scratch: row buffers plus this thread's share of the dB / dC sums over d_inner.
@@ -429,6 +433,11 @@ MH_INLINE void backward_group(const Problem<T>& p, const BackwardIo<T>& io, cons
   for (int k = 0; k < K; ++k) {
     T* slot = io.dA + d * p.npad + n0 + k * W;
     store(slot, load<V>(slot) + dA[k]);
+  }
+  if (io.dh0) {  // after step 0's adjoint, dh is decay_0 * adj_0: the gradient of the state before it
+    T dstart[G];
+    for (int k = 0; k < K; ++k) store(dstart + k * W, dh[k]);
+    for (int64_t n = 0; n < G && n0 + n < p.nstate; ++n) io.dh0[row * p.nstate + n0 + n] = dstart[n];
   }
 }
 
@@ -525,7 +534,7 @@ const T* data_or_null(const c10::optional<at::Tensor>& t) {
 
 void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                  const c10::optional<at::Tensor>& bias) {
+                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& h0) {
   TORCH_CHECK(u.scalar_type() == at::kFloat || u.scalar_type() == at::kDouble,
               "selective_scan_cpu computes in float32 or float64, got ", u.scalar_type());
   TORCH_CHECK(u.dim() == 3, "u must be (batch, d_inner, L), got ", u.sizes());
@@ -542,12 +551,17 @@ void check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   for (const auto* v : {&D, &bias}) {
     if (v->has_value()) TORCH_CHECK((*v)->dim() == 1 && (*v)->size(0) == dim, "D and delta_bias must be (d_inner,)");
   }
+  if (h0) {
+    TORCH_CHECK(h0->dim() == 3 && h0->size(0) == batch && h0->size(1) == dim && h0->size(2) == nstate,
+                "initial_state must be (batch, d_inner, d_state) = (", batch, ", ", dim, ", ", nstate, "), got ",
+                h0->sizes());
+  }
   auto check_layout = [&u](const at::Tensor& t) {
     TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == u.scalar_type(),
                 "inputs must be contiguous CPU tensors of one dtype");
   };
   for (const at::Tensor* t : {&u, &delta, &A, &B, &C}) check_layout(*t);
-  for (const auto* t : {&D, &z, &bias}) {
+  for (const auto* t : {&D, &z, &bias, &h0}) {
     if (t->has_value()) check_layout(**t);
   }
 }
@@ -569,25 +583,28 @@ Prepared prepare(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B, 
 template <typename T>
 Problem<T> make_problem(const at::Tensor& u, const at::Tensor& delta, const Prepared& pr,
                         const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-                        const c10::optional<at::Tensor>& bias, bool softplus) {
-  return {u.data_ptr<T>(),   delta.data_ptr<T>(), pr.A.data_ptr<T>(), pr.B.data_ptr<T>(), pr.C.data_ptr<T>(),
-          data_or_null<T>(D), data_or_null<T>(z),  data_or_null<T>(bias), softplus,       u.size(1),
-          u.size(2),          pr.nstate,           pr.npad,             pr.nchunks};
+                        const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& h0,
+                        bool softplus) {
+  return {u.data_ptr<T>(),    delta.data_ptr<T>(), pr.A.data_ptr<T>(),    pr.B.data_ptr<T>(),
+          pr.C.data_ptr<T>(), data_or_null<T>(D),  data_or_null<T>(z),    data_or_null<T>(bias),
+          data_or_null<T>(h0), softplus,           u.size(1),             u.size(2),
+          pr.nstate,          pr.npad,             pr.nchunks};
 }
 
 // Returns (out, last_state or empty, checkpoints or empty).
 std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                      const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
                                      const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                     bool softplus, bool return_last_state, bool keep_checkpoints) {
-  check_inputs(u, delta, A, B, C, D, z, bias);
+                                     const c10::optional<at::Tensor>& initial_state, bool softplus,
+                                     bool return_last_state, bool keep_checkpoints) {
+  check_inputs(u, delta, A, B, C, D, z, bias, initial_state);
   const auto pr = prepare(u, A, B, C);
   const int64_t batch = u.size(0), dim = u.size(1);
   auto out = at::empty_like(u);
   auto last = return_last_state ? at::empty({batch, dim, pr.nstate}, u.options()) : at::Tensor();
   auto ckpt = keep_checkpoints ? at::empty({batch, dim, pr.nchunks, pr.npad}, u.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_fwd", [&] {
-    const auto p = make_problem<scalar_t>(u, delta, pr, D, z, bias, softplus);
+    const auto p = make_problem<scalar_t>(u, delta, pr, D, z, bias, initial_state, softplus);
     const ForwardOut<scalar_t> o{out.data_ptr<scalar_t>(), last.defined() ? last.data_ptr<scalar_t>() : nullptr,
                                  ckpt.defined() ? ckpt.data_ptr<scalar_t>() : nullptr};
     at::parallel_for(0, batch * dim, 1, [&](int64_t begin, int64_t end) {
@@ -601,13 +618,15 @@ std::vector<at::Tensor> scan_forward(const at::Tensor& u, const at::Tensor& delt
   return {out, last, ckpt};
 }
 
-// Returns (du, ddelta, dA, dB, dC, dD or empty, dz or empty, ddelta_bias or empty).
+// Returns (du, ddelta, dA, dB, dC, dD or empty, dz or empty, ddelta_bias or empty, dinitial_state or empty).
+// The checkpoints already hold the initial state (the first one is the state entering step 0), so the backward
+// takes only whether there was one.
 std::vector<at::Tensor> scan_backward(const at::Tensor& dout, const c10::optional<at::Tensor>& dlast,
                                       const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                       const at::Tensor& B, const at::Tensor& C, const c10::optional<at::Tensor>& D,
                                       const c10::optional<at::Tensor>& z, const c10::optional<at::Tensor>& bias,
-                                      bool softplus, const at::Tensor& ckpt) {
-  check_inputs(u, delta, A, B, C, D, z, bias);
+                                      bool softplus, const at::Tensor& ckpt, bool has_initial_state) {
+  check_inputs(u, delta, A, B, C, D, z, bias, c10::nullopt);
   const auto pr = prepare(u, A, B, C);
   TORCH_CHECK(dout.sizes() == u.sizes() && dout.is_contiguous() && dout.scalar_type() == u.scalar_type(),
               "grad of out must be contiguous with u's shape and dtype");
@@ -620,6 +639,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& dout, const c10::optiona
   auto dA = at::zeros({dim, npad}, u.options());
   auto dD = D ? at::zeros({dim}, u.options()) : at::Tensor();
   auto dbias = bias ? at::zeros({dim}, u.options()) : at::Tensor();
+  auto dh0 = has_initial_state ? at::empty({batch, dim, pr.nstate}, u.options()) : at::Tensor();
   auto dB = at::empty({batch, len, npad}, u.options()), dC = at::empty({batch, len, npad}, u.options());
   // dB and dC sum over d_inner, which is split across threads: each thread sums into its own slot. Called
   // from inside a parallel region, parallel_for runs inline on this thread, so one slot does.
@@ -627,7 +647,7 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& dout, const c10::optiona
   const int64_t threads = nested ? 1 : at::get_num_threads();
   auto partial = at::empty({threads, 2, len, npad}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
-    const auto p = make_problem<scalar_t>(u, delta, pr, D, z, bias, softplus);
+    const auto p = make_problem<scalar_t>(u, delta, pr, D, z, bias, c10::nullopt, softplus);
     const BackwardIo<scalar_t> io{dout.data_ptr<scalar_t>(),
                                   data_or_null<scalar_t>(dlast),
                                   ckpt.data_ptr<scalar_t>(),
@@ -636,7 +656,8 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& dout, const c10::optiona
                                   dz.defined() ? dz.data_ptr<scalar_t>() : nullptr,
                                   dA.data_ptr<scalar_t>(),
                                   dD.defined() ? dD.data_ptr<scalar_t>() : nullptr,
-                                  dbias.defined() ? dbias.data_ptr<scalar_t>() : nullptr};
+                                  dbias.defined() ? dbias.data_ptr<scalar_t>() : nullptr,
+                                  dh0.defined() ? dh0.data_ptr<scalar_t>() : nullptr};
     for (int64_t b = 0; b < batch; ++b) {
       partial.zero_();
       at::parallel_for(0, dim, 1, [&](int64_t begin, int64_t end) {
@@ -667,7 +688,8 @@ std::vector<at::Tensor> scan_backward(const at::Tensor& dout, const c10::optiona
           unpad(dC),
           dD,
           dz,
-          dbias};
+          dbias,
+          dh0};
 }
 
 }  // namespace
