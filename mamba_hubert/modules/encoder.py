@@ -19,7 +19,12 @@ from torch import nn
 
 from mamba_hubert.modules.bimamba import check_right_padded
 from mamba_hubert.modules.conformer import PaddingExactConformerLayer
-from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, MambaEncoderLayer, build_mixer
+from mamba_hubert.modules.layers import (
+    ConBiMambaEncoderLayer,
+    MambaEncoderLayer,
+    build_mixer,
+    statistics_kept_once,
+)
 from mamba_hubert.modules.mamba import Mamba
 from mamba_hubert.modules.mamba2 import Mamba2
 
@@ -117,7 +122,10 @@ class MambaEncoder(TransformerEncoder):
         if args.layer_type == "transformer":
             return super().build_encoder_layer(args, **kwargs)
         layer = fsdp_wrap(self._build_layer(args))
-        return checkpoint_wrapper(layer) if args.checkpoint_activations else layer
+        if not args.checkpoint_activations:
+            return layer
+        layer.forward = statistics_kept_once(layer.forward)
+        return checkpoint_wrapper(layer)
 
     def _build_layer(self, args) -> nn.Module:
         if args.layer_type == "conformer":

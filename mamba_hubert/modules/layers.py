@@ -2,7 +2,9 @@
 TransformerSentenceEncoderLayer and return `x, (None, layer_result)` so fairseq's TransformerEncoder
 can stack them."""
 
+import functools
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,27 @@ def build_mixer(kind: str, d_model: int, fusion: str, mamba_kwargs: dict) -> nn.
     raise ValueError(f"unknown mixer {kind!r}")
 
 
+_recomputing: ContextVar[bool] = ContextVar("recomputing", default=False)
+
+
+def statistics_kept_once(forward: Callable) -> Callable:
+    """`forward` for fairseq's `checkpoint_wrapper`, which runs it twice: under no_grad in the forward pass, then
+    again with grad in the backward to recompute activations. The second run must not update batch-norm running
+    statistics a second time, so it runs with `_recomputing` set."""
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        token = _recomputing.set(True)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            _recomputing.reset(token)
+
+    return run
+
+
 def batch_norm_valid(norm: nn.BatchNorm1d, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
     """`norm` over the channels of x: (b, T, C), its batch statistics taken over valid frames only (padded frames
     pass through unchanged and never reach the running statistics). Masked sums, not `x[valid]`: selecting the valid
@@ -47,7 +70,7 @@ def batch_norm_valid(norm: nn.BatchNorm1d, x: torch.Tensor, padding_mask: torch.
     count = weight.sum()
     mean = (frames * weight).sum((0, 1)) / count.clamp(min=1)
     variance = ((frames - mean) * weight).square().sum((0, 1)) / count.clamp(min=1)  # biased, as BatchNorm normalises
-    if norm.track_running_stats:
+    if norm.track_running_stats and not _recomputing.get():
         _update_running_statistics(norm, mean.detach(), variance.detach() * count / (count - 1).clamp(min=1))
     out = (frames - mean) * torch.rsqrt(variance + norm.eps)
     if norm.affine:
