@@ -117,7 +117,16 @@ def probe_on_rank(rank: int, port: int, calls: "torch.multiprocessing.Queue") ->
     try:
         task = MambaHubertPretrainingTask.__new__(MambaHubertPretrainingTask)  # only the probe is needed
         task.probe_mutual_information = lambda model: calls.put(rank) or {"mi_xt_layer1": 1.5 + rank}
-        calls.put(("values", rank, task.probe_on_rank_zero(None)))
+        calls.put(("values", rank, task.probe_on_rank_zero(torch.nn.Linear(1, 1))))
+
+        def fail(model):
+            raise ValueError("no probe set")
+
+        task.probe_mutual_information = fail  # every rank raises, none waits in the broadcast
+        try:
+            task.probe_on_rank_zero(torch.nn.Linear(1, 1))
+        except RuntimeError as error:
+            calls.put(("error", rank, str(error)))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -129,7 +138,20 @@ def test_mi_probe_runs_on_rank_zero_and_every_rank_gets_its_values(monkeypatch):
     context = torch.multiprocessing.get_context("spawn")
     calls = context.Queue()
     torch.multiprocessing.spawn(probe_on_rank, args=(free_loopback_port(), calls), nprocs=2)
-    records = [calls.get(timeout=10) for _ in range(3)]
+    records = [calls.get(timeout=10) for _ in range(5)]
     assert sorted(r for r in records if isinstance(r, int)) == [0]
-    assert sorted(r for r in records if isinstance(r, tuple)) == [("values", 0, {"mi_xt_layer1": 1.5}),
-                                                                   ("values", 1, {"mi_xt_layer1": 1.5})]
+    assert sorted(r for r in records if isinstance(r, tuple)) == [
+        ("error", 0, "the I(X;T) probe failed on rank 0: ValueError: no probe set"),
+        ("error", 1, "the I(X;T) probe failed on rank 0: ValueError: no probe set"),
+        ("values", 0, {"mi_xt_layer1": 1.5}), ("values", 1, {"mi_xt_layer1": 1.5})]
+
+
+def test_mi_probe_refuses_a_fully_sharded_model():
+    class FullyShardedDataParallel(torch.nn.Module):  # fairseq's FSDP wrapper, as the probe recognises it: by name
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = torch.nn.Linear(1, 1)
+
+    task = MambaHubertPretrainingTask.__new__(MambaHubertPretrainingTask)
+    with pytest.raises(ValueError, match="fully_sharded"):
+        task.probe_on_rank_zero(FullyShardedDataParallel())

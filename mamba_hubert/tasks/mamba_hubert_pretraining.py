@@ -24,11 +24,18 @@ from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 logger = logging.getLogger(__name__)
 
 
+def _wrappers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """`model` and the modules inside fairseq's data-parallel wrappers (a proxy around a DDP module, each holding
+    `module`), outermost first."""
+    chain = [model]
+    while isinstance(getattr(chain[-1], "module", None), torch.nn.Module):
+        chain.append(chain[-1].module)
+    return chain
+
+
 def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside fairseq's data-parallel wrappers (a proxy around a DDP module, each holding `module`)."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    return model
+    """The model inside fairseq's data-parallel wrappers."""
+    return _wrappers(model)[-1]
 
 
 @dataclass
@@ -161,17 +168,31 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
             loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         if self._mi_pending:  # once per due validation, on its first batch
             self._mi_pending = False
-            logging_output.update(self.probe_on_rank_zero(unwrapped(model)))
+            logging_output.update(self.probe_on_rank_zero(model))
         return loss, sample_size, logging_output
 
-    def probe_on_rank_zero(self, model) -> dict:
+    def probe_on_rank_zero(self, model: torch.nn.Module) -> dict:
         """`probe_mutual_information` run by data-parallel rank 0 alone, its values broadcast: every rank holds the
         same parameters, so the others would repeat the whole MINE run for the same numbers. Every rank logs them,
-        so the mean `reduce_metrics` takes is rank 0's value. (A fully sharded model would need every rank's forward.)"""
+        so the mean `reduce_metrics` takes is rank 0's value. An error on rank 0 is broadcast too and raised on every
+        rank, which would otherwise wait in the broadcast until the backend's timeout."""
+        if any(type(m).__name__ == "FullyShardedDataParallel" for m in _wrappers(model)):
+            raise ValueError("task.mi_interval_updates needs every rank's forward under ddp_backend=fully_sharded, "
+                             "which a probe on rank 0 alone cannot have; set it to 0 and run mamba-hubert-mi on "
+                             "the checkpoints")
         if distributed_utils.get_data_parallel_world_size() == 1:
-            return self.probe_mutual_information(model)
-        values = self.probe_mutual_information(model) if distributed_utils.get_data_parallel_rank() == 0 else None
-        return distributed_utils.broadcast_object(values, src_rank=0, group=distributed_utils.get_data_parallel_group())
+            return self.probe_mutual_information(unwrapped(model))
+        values, failure = None, None
+        if distributed_utils.get_data_parallel_rank() == 0:
+            try:
+                values = self.probe_mutual_information(unwrapped(model))
+            except Exception as error:  # noqa: BLE001 (raised below on every rank)
+                failure = f"{type(error).__name__}: {error}"
+        values, failure = distributed_utils.broadcast_object(
+            (values, failure), src_rank=0, group=distributed_utils.get_data_parallel_group())
+        if failure is not None:
+            raise RuntimeError(f"the I(X;T) probe failed on rank 0: {failure}")
+        return values
 
     def probe_mutual_information(self, model) -> dict:
         """{"mi_xt_layer<i>": MINE's and "mi_xt_smile_layer<i>": SMILE's estimate of I(X;T_i) in nats} on the fixed
