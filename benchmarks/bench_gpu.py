@@ -9,10 +9,9 @@ Writes results.json and results.md into --out.
   ConBiMamba base and the Transformer base (built from examples/config/pretrain/*_iter2.yaml as fairseq-hydra-train
   builds them, 500 classes) on one GPU's batch of base_gpu.yaml: dataset.max_tokens 1,400,000 samples of crops of
   task.max_sample_size 250,000, so 5 utterances of 250,000 samples. Model and batch in bf16 and in fp16, as
-  fairseq's common.bf16 / common.fp16 run them (its optimizer's fp32 copies left out; autocast is not used: HuBERT's
-  masking writes the fp32 mask embedding into the autocast features, which torch refuses).
+  fairseq's common.bf16 / common.fp16 run them (its optimizer's fp32 copies left out).
   Median of 3 steps after 2 warm-up steps, and the peak of allocated CUDA memory.
-- `mamba_hubert.modules.Mamba` (scan_impl auto: mamba-ssm's selective scan kernel, the rest in PyTorch) against
+- `mamba_hubert.modules.Mamba` (scan_impl auto: mamba-ssm's fused mamba_inner_fn where causal-conv1d imports) against
   `mamba_ssm.Mamba` with its fused fast path (mamba_inner_fn), same weights, Mamba base's layer size on the frames of
   that batch, forward and forward+backward, fp32 and bf16 autocast: times and ours / mamba-ssm ratios.
 

@@ -7,8 +7,8 @@
 # in $OUT/logs. Each step is timed and capped; a failed step is recorded and the next ones run where they can;
 # steps left when GPU_CHECK_BUDGET_S (default 540) is spent are recorded as skipped.
 #   --skip-install   reuse GPU_CHECK_VENV as it is (no unpacking, venv or pip step)
-# Exit status: 0 every step passed; 1 a step failed or was skipped; 2 bad usage; 3 no CUDA device: every step
-# before the first CUDA one ran and passed, then it stopped (the dry run of a CPU machine).
+# Exit status: 0 every step passed; 1 a step failed or was skipped; 2 bad usage; 3 no CUDA device: every step that
+# needs none ran and passed, the CUDA steps did not run (the dry run of a CPU machine).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 export REPO=$PWD
@@ -34,6 +34,11 @@ FAILED=0
 STOPPED=""
 export VPY="$VENV/bin/python"
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WORK/packages" PIP_DISABLE_PIP_VERSION_CHECK=1  # never the network
+for cuda_root in "${CUDA_HOME:-}" /usr/local/cuda; do  # where nvcc lives when it is not on PATH
+  if ! command -v nvcc >/dev/null && [ -n "$cuda_root" ] && [ -x "$cuda_root/bin/nvcc" ]; then
+    PATH="$PATH:$cuda_root/bin"
+  fi
+done
 
 elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$STEPS"; echo "[gpu_check] $1: $2 (${3} s)"; }
@@ -87,9 +92,7 @@ test_low_precision() {
     tests/test_cpu_kernel.py tests/test_streaming.py -k "autocast or fp16 or amp or low_precision or half or dtype" \
     --junitxml="$OUT/logs/test_low_precision.xml"
 }
-cuda_device() {
-  "$VPY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && command -v nvcc >/dev/null
-}
+cuda_device() { "$VPY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
 # both packages' wheels built side by side (one arch each, MAX_JOBS compiles at once), then installed
 build_kernels() {
   GPU_CHECK_ARCH=$("$VPY" -c "import torch; major, minor = torch.cuda.get_device_capability(); print(f'{major}{minor}')")
@@ -104,16 +107,27 @@ build_kernels() {
   "$VPY" -m pip wheel --no-build-isolation --no-deps -w "$WORK/kernels" mamba-ssm==2.3.2.post1 \
     > "$OUT/logs/build_mamba_ssm.log" 2>&1
   local mamba=$?
-  wait "$conv" && [ "$mamba" -eq 0 ] && "$VPY" -m pip install --no-deps "$WORK"/kernels/*.whl
+  wait "$conv"
+  local conv_rc=$?
+  if [ "$conv_rc" -ne 0 ] || [ "$mamba" -ne 0 ]; then
+    tail -n 15 "$OUT"/logs/build_*.log  # the builds' own logs: run_step shows this function's tail
+    return 1
+  fi
+  "$VPY" -m pip install --no-deps "$WORK"/kernels/*.whl
 }
-# `import mamba_ssm` runs its __init__, which needs what transformers and huggingface_hub (installed without their
-# declared dependencies) import
+# `import mamba_ssm` runs its __init__, which imports these from transformers and huggingface_hub (installed without
+# their declared dependencies); checked before the kernel build, which they do not need
+check_mamba_ssm_imports() {
+  "$VPY" -c "
+from transformers.generation import GenerateDecoderOnlyOutput, TextStreamer
+from transformers.utils import WEIGHTS_NAME, CONFIG_NAME
+from transformers.utils.hub import cached_file
+from huggingface_hub import PyTorchModelHubMixin
+print('mamba-ssm imports ok')"
+}
 check_kernel() {
   "$VPY" -c "
 import torch, mamba_ssm, causal_conv1d
-from transformers.generation import GenerateDecoderOnlyOutput, TextStreamer
-from transformers.utils.hub import cached_file
-from huggingface_hub import PyTorchModelHubMixin
 from mamba_hubert.ops.selective_scan import fused_mamba_inner, resolve_scan_impl
 assert resolve_scan_impl('auto', torch.device('cuda')) == 'cuda', 'the selective scan does not use the kernel'
 assert fused_mamba_inner('auto', torch.device('cuda')) is not None, 'the blocks do not use the fused path'
@@ -125,7 +139,8 @@ test_cuda_path() {
     grep -q 'skipped="0"' "$OUT/logs/test_cuda_path.xml"
 }
 bench_gpu() { "$VPY" benchmarks/bench_gpu.py --out "$OUT/bench"; }
-export -f unpack_bundle make_venv install_wheels install_fairseq install_project check_imports test_low_precision \
+export -f unpack_bundle make_venv install_wheels install_fairseq install_project check_imports check_mamba_ssm_imports \
+  test_low_precision \
   build_kernels check_kernel test_cuda_path bench_gpu
 
 # each install step needs the one before it
@@ -142,8 +157,18 @@ for step in "unpack bundle:60:unpack_bundle" "venv:60:make_venv" "install wheels
   fi
 done
 run_step "check imports" 60 check_imports
-run_step "test fp16 bf16" 300 test_low_precision
-if cuda_device; then
+if [ "$SKIP_INSTALL" -eq 1 ]; then
+  skip "check mamba-ssm imports" "--skip-install"
+else
+  run_step "check mamba-ssm imports" 60 check_mamba_ssm_imports
+fi
+# the CUDA steps first, as the budget is for them; the CPU-only half-precision tests after
+if ! cuda_device; then
+  STOPPED="build cuda kernels"
+elif ! command -v nvcc >/dev/null; then
+  record "build cuda kernels" "failed (a CUDA device, but no nvcc on PATH, in \$CUDA_HOME/bin or /usr/local/cuda/bin)" 0 ""
+  FAILED=1
+else
   if run_step "build cuda kernels" 420 build_kernels; then
     run_step "check kernel" 60 check_kernel
   else
@@ -151,10 +176,9 @@ if cuda_device; then
   fi
   run_step "test cuda path" 120 test_cuda_path
   run_step "bench gpu" 240 bench_gpu
-else
-  STOPPED="build cuda kernels"
-  echo "[gpu_check] no CUDA device: stopped before $STOPPED"
 fi
+run_step "test fp16 bf16" 300 test_low_precision
+[ -n "$STOPPED" ] && echo "[gpu_check] no CUDA device: stopped before $STOPPED"
 
 REPORT_PY=$VPY
 [ -x "$REPORT_PY" ] || REPORT_PY=$BASE_PYTHON

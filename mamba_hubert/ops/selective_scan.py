@@ -18,7 +18,10 @@ from mamba_hubert.ops import cpu_kernel
 
 SCAN_IMPLS = ("auto", "cuda", "cpu", "reference")
 ScanOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-INSTALL_CUDA = "pip install '.[cuda]' in the mamba-hubert checkout (mamba-ssm and causal-conv1d for this torch)"
+# --force-reinstall: scripts/setup_venv.sh installs mamba-ssm's Python part, which satisfies the `[cuda]` extra's
+# requirement without its kernels, so a plain `pip install .[cuda]` would change nothing
+INSTALL_CUDA = ("MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE pip install --no-build-isolation --no-deps "
+                "--force-reinstall mamba-ssm causal-conv1d (compiles their CUDA kernels for this torch)")
 
 
 @functools.cache
@@ -32,7 +35,7 @@ def _mamba_ssm_import() -> tuple[object | None, str | None]:
     return cuda_scan, None
 
 
-def _mamba_ssm_scan():
+def _mamba_ssm_scan() -> Callable | None:
     return _mamba_ssm_import()[0]
 
 
@@ -41,7 +44,8 @@ def _mamba_ssm_fused_import() -> tuple[Callable | None, str | None]:
     """(mamba-ssm's mamba_inner_fn, None), or (None, why not): the whole block after in_proj in one autograd function,
     its conv run by causal-conv1d's kernel, which mamba-ssm's `[cuda]` install brings."""
     try:
-        import causal_conv1d  # noqa: F401  (mamba_inner_fn asserts on its CUDA kernel at call time)
+        # mamba-ssm sets its causal-conv1d entry points to None when these fail, and mamba_inner_fn asserts on them
+        import causal_conv1d.cpp_functions  # noqa: F401
         from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
     except ImportError as error:
         return None, f"{type(error).__name__}: {error}"
