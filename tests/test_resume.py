@@ -216,7 +216,7 @@ def corpus(tmp_path_factory) -> Path:
 # 16 updates (epochs 1-3), saved every 4. The killed runs resume from the save at update 8, inside epoch 2: a resume
 # inside epoch 1 hid the data-loader workers' stale epoch.
 LONG_RUN = ["optimization.max_update=16", "checkpoint.save_interval_updates=4"]
-# Two data-loader workers (as the issue saw it), which also add noise (lengths kept, so the frame-level labels allow
+# Two data-loader workers, which also add noise (lengths kept, so the frame-level labels allow
 # it), drawn from (seed, epoch, utterance).
 SETTINGS = {"workers": ["dataset.num_workers=2", "++task.noise_snr_db=[5,20]"],
             "layerdrop": ["model.encoder_layerdrop=0.3"]}
