@@ -23,6 +23,7 @@ setup(
             "mamba-hubert-lm=mamba_hubert.data.ngram_lm:main",
             "mamba-hubert-check=mamba_hubert.data.check:main",
             "mamba-hubert-mi=mamba_hubert.analysis.cli:main",
+            "mamba-hubert-transcribe=mamba_hubert.inference.transcribe:main",
             "mamba-hubert-paper=mamba_hubert.demo.paper:main",
         ]
     },

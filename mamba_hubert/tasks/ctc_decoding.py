@@ -27,17 +27,18 @@ class CTCGreedyDecoder:
         self.eos = dictionary.eos()  # fairseq-generate strips this symbol from the printed strings
         self.drop = {blank_index, dictionary.pad(), dictionary.eos(), dictionary.bos()}
 
+    def decode(self, log_probs: torch.Tensor) -> dict:
+        """Best path of one utterance's (T, V) log-probabilities: tokens, score, positional scores."""
+        best, best_ids = log_probs.max(-1)
+        collapsed, counts = torch.unique_consecutive(best_ids, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        keep = torch.tensor([t not in self.drop for t in collapsed.tolist()], dtype=torch.bool)
+        # fairseq-generate reads every one of these keys; a token's score is its first frame's log-prob.
+        return {"tokens": collapsed[keep], "score": best.sum().item(), "alignment": None,
+                "positional_scores": best[starts[keep]]}
+
     def generate(self, models, sample: dict, **unused) -> list[list[dict[str, torch.Tensor]]]:
-        hypotheses = []
-        for frames in utterance_log_probs(models, sample):
-            best, best_ids = frames.max(-1)
-            collapsed, counts = torch.unique_consecutive(best_ids, return_counts=True)
-            starts = torch.cumsum(counts, 0) - counts
-            keep = torch.tensor([t not in self.drop for t in collapsed.tolist()], dtype=torch.bool)
-            # fairseq-generate reads every one of these keys; a token's score is its first frame's log-prob.
-            hypotheses.append([{"tokens": collapsed[keep], "score": best.sum().item(), "alignment": None,
-                                "positional_scores": best[starts[keep]]}])
-        return hypotheses
+        return [[self.decode(frames)] for frames in utterance_log_probs(models, sample)]
 
 
 class CTCLexiconDecoder:

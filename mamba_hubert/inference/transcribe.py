@@ -1,0 +1,95 @@
+"""`mamba-hubert-transcribe`: the text of audio files, by a fine-tuned CTC checkpoint (hubert_ctc, mamba_hubert_asr).
+
+    mamba-hubert-transcribe CHECKPOINT a.wav b.flac [--lexicon lexicon.txt --lm lm.arpa]
+
+Prints `path<TAB>text` per file on stdout. Decoding is the task's own generator (what fairseq-generate uses):
+greedy CTC, or a lexicon + KenLM beam search with its defaults; the text is what fairseq-generate prints with
+`--post-process letter`.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import torch.nn.functional as F
+from fairseq import checkpoint_utils
+from fairseq.models.hubert import HubertCtc
+
+import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
+from mamba_hubert.command_line import UsageError, one_line_errors, warnings_only
+from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
+
+
+class Transcriber:
+    """A fine-tuned CTC model, its task's decoder and the audio conventions it was trained with."""
+
+    def __init__(self, checkpoint: str, lexicon: str | None = None, lm: str | None = None) -> None:
+        if not os.path.isfile(checkpoint):
+            raise UsageError(f"{checkpoint}: no such checkpoint")
+        with warnings_only("fairseq"):
+            models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
+        self.model = models[0].eval()
+        if not isinstance(self.model, HubertCtc):
+            raise UsageError(f"{checkpoint}: a {type(self.model).__name__} (pretraining) checkpoint, not a fine-tuned "
+                             "CTC model (hubert_ctc, mamba_hubert_asr): fine-tune it first")
+        # The task's generator, so decoder classes and defaults are fairseq-generate's.
+        task.cfg.ctc_lexicon, task.cfg.ctc_lm = lexicon, lm
+        self.decoder: CTCGreedyDecoder | CTCLexiconDecoder = task.build_generator([self.model], None)
+        self.dictionary = task.target_dictionary
+        self.sample_rate: int = task.cfg.sample_rate
+        self.normalize: bool = task.cfg.normalize
+
+    def read_audio(self, path: str) -> torch.Tensor:
+        """One channel of float32 samples at the model's rate; other rates are resampled (said on stderr)."""
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such file")
+        try:
+            wav, rate = sf.read(path, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as error:
+            raise UsageError(f"{path}: not readable audio ({error.error_string})") from None
+        if wav.shape[1] != 1:
+            raise UsageError(f"{path}: {wav.shape[1]} channels; the model reads one")
+        wav = wav[:, 0]
+        if rate != self.sample_rate:
+            print(f"{path}: resampling {rate} Hz to the model's {self.sample_rate} Hz", file=sys.stderr)
+            wav = soxr.resample(wav, rate, self.sample_rate).astype(np.float32)
+        audio = torch.from_numpy(wav)
+        # as fairseq's HubertDataset does when the model was trained with task.normalize
+        return F.layer_norm(audio, audio.shape) if self.normalize else audio
+
+    def log_probs(self, audio: torch.Tensor) -> torch.Tensor:
+        """The model's (T, V) CTC log-probabilities for one utterance."""
+        sample = {"net_input": {"source": audio[None], "padding_mask": torch.zeros(1, len(audio), dtype=torch.bool)}}
+        return utterance_log_probs([self.model], sample)[0]
+
+    def text(self, log_probs: torch.Tensor) -> str:
+        """The decoder's words, as fairseq-generate's D- line with --post-process letter."""
+        tokens = self.decoder.decode(log_probs)["tokens"]
+        return self.dictionary.string(tokens.int(), "letter", extra_symbols_to_ignore={self.decoder.eos})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mamba-hubert-transcribe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a fine-tuned hubert_ctc or mamba_hubert_asr checkpoint")
+    parser.add_argument("audio", nargs="+", help="wav or flac files")
+    parser.add_argument("--lexicon", help="lexicon ('WORD\\tW O R D |' lines) for beam search; needs --lm")
+    parser.add_argument("--lm", help="KenLM model (ARPA or binary) for beam search; needs --lexicon")
+    args = parser.parse_args(argv)
+    if (args.lexicon is None) != (args.lm is None):
+        parser.error("beam search needs both --lexicon and --lm (neither: greedy)")
+    with one_line_errors(parser.prog):
+        for path in (args.lexicon, args.lm, *args.audio):
+            if path is not None and not os.path.isfile(path):
+                raise UsageError(f"{path}: no such file")
+        transcriber = Transcriber(args.checkpoint, args.lexicon, args.lm)
+        for path in args.audio:
+            print(f"{path}\t{transcriber.text(transcriber.log_probs(transcriber.read_audio(path)))}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
