@@ -1,14 +1,20 @@
 """`mamba-hubert-transcribe` on a tiny fine-tuned causal Mamba model: the words fairseq-generate decodes for the same
 files, and one-line errors for a user's mistakes."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
+import soxr
+import torch
+from fairseq.data import Dictionary
 
 from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
 from mamba_hubert.inference import transcribe
+from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder
 from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
 
 # layer_type=mamba, conv_pos=0 and a per-frame extractor norm: a model that can also stream
@@ -83,3 +89,36 @@ def test_console_script_runs(run):
                             check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{wav}\t")
+
+
+def test_word_timings_follow_the_greedy_alignment():
+    """Synthetic emissions at 20 ms frames: '-' blank, '|' word boundary."""
+    dictionary = Dictionary()  # <s> is the CTC blank, as in fairseq's HuBERT task
+    for letter in "|ABC":
+        dictionary.add_symbol(letter)
+    frames = "--AA-BB||-CC--A-AB|--CC"  # words AB (frames 2-6), CAAB (10-17), C (21-22, no final boundary)
+    ids = [dictionary.bos() if c == "-" else dictionary.index(c) for c in frames]
+    log_probs = torch.nn.functional.one_hot(torch.tensor(ids), len(dictionary)).float().mul(10).log_softmax(-1)
+    words = transcribe.word_timings(log_probs, CTCGreedyDecoder(dictionary, dictionary.bos()), 0.02)
+    assert [word["word"] for word in words] == ["AB", "CAAB", "C"]
+    assert [(round(w["start"], 6), round(w["end"], 6)) for w in words] == [(0.04, 0.14), (0.2, 0.36), (0.42, 0.46)]
+
+
+def test_json_words_spell_the_greedy_text(run, capsys):
+    wavs = [str(run / "tones" / "wav" / f"valid{i}.wav") for i in range(3)]
+    transcribe.main([str(run / "ft" / "checkpoint_last.pt"), "--json", *wavs])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["path"] for record in records] == wavs
+    for record in records:
+        assert " ".join(word["word"] for word in record["words"]) == record["text"]
+        duration = sf.info(record["path"]).duration
+        assert all(0 <= word["start"] < word["end"] <= duration + 0.02 for word in record["words"])
+
+
+def test_other_sample_rates_are_resampled(run, capsys, tmp_path):
+    wav, rate = sf.read(run / "tones" / "wav" / "valid0.wav", dtype="float32")
+    sf.write(tmp_path / "valid0_32k.flac", soxr.resample(wav, rate, 32000), 32000)
+    transcribe.main([str(run / "ft" / "checkpoint_last.pt"), str(tmp_path / "valid0_32k.flac")])
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{tmp_path / 'valid0_32k.flac'}\t")
+    assert "valid0_32k.flac: resampling 32000 Hz to the model's 16000 Hz" in captured.err

@@ -1,13 +1,16 @@
 """`mamba-hubert-transcribe`: the text of audio files, by a fine-tuned CTC checkpoint (hubert_ctc, mamba_hubert_asr).
 
-    mamba-hubert-transcribe CHECKPOINT a.wav b.flac [--lexicon lexicon.txt --lm lm.arpa]
+    mamba-hubert-transcribe CHECKPOINT a.wav b.flac [--lexicon lexicon.txt --lm lm.arpa] [--json]
 
-Prints `path<TAB>text` per file on stdout. Decoding is the task's own generator (what fairseq-generate uses):
+Prints `path<TAB>text` per file on stdout, or with --json one JSON object per file: path, text and the words of the
+greedy CTC alignment with their start and end in seconds. Decoding is the task's own generator (what fairseq-generate uses):
 greedy CTC, or a lexicon + KenLM beam search with its defaults; the text is what fairseq-generate prints with
 `--post-process letter`.
 """
 
 import argparse
+import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +25,7 @@ from fairseq.models.hubert import HubertCtc
 
 import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
 from mamba_hubert.command_line import UsageError, one_line_errors, warnings_only
+from mamba_hubert.models.frames import receptive_field
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 
 
@@ -43,6 +47,13 @@ class Transcriber:
         self.dictionary = task.target_dictionary
         self.sample_rate: int = task.cfg.sample_rate
         self.normalize: bool = task.cfg.normalize
+        self.greedy = CTCGreedyDecoder(self.dictionary, self.decoder.blank_index)
+        upstream = self.model.w2v_encoder.w2v_model
+        if hasattr(upstream, "conv_layers"):  # mamba_hubert (its fbank front end has no Conv1d strides to read)
+            hop = receptive_field(upstream.conv_layers)[1]
+        else:  # fairseq's hubert
+            hop = math.prod(m.stride[0] for m in upstream.feature_extractor.modules() if isinstance(m, torch.nn.Conv1d))
+        self.frame_seconds = hop / self.sample_rate
 
     def read_audio(self, path: str) -> torch.Tensor:
         """One channel of float32 samples at the model's rate; other rates are resampled (said on stderr)."""
@@ -73,12 +84,38 @@ class Transcriber:
         return self.dictionary.string(tokens.int(), "letter", extra_symbols_to_ignore={self.decoder.eos})
 
 
+def word_timings(log_probs: torch.Tensor, greedy: CTCGreedyDecoder, frame_seconds: float,
+                 separator: str = "|") -> list[dict]:
+    """The words of the greedy CTC alignment of (T, V) log-probabilities, each {"word", "start", "end"} in seconds:
+    from the first frame of its first letter to the end of the last frame of its last letter."""
+    best_ids = log_probs.argmax(-1)
+    tokens, counts = torch.unique_consecutive(best_ids, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    separator_index = greedy.dictionary.index(separator)
+    words, letters, first, last = [], [], 0, 0
+    # a separator after the last frame ends the last word
+    runs = [*zip(tokens.tolist(), starts.tolist(), counts.tolist()), (separator_index, len(best_ids), 0)]
+    for token, start, count in runs:
+        if token in greedy.drop:  # blanks between letters belong to no letter and end no word
+            continue
+        if token != separator_index:
+            first = start if not letters else first
+            letters.append(greedy.dictionary[token])
+            last = start + count
+            continue
+        if letters:
+            words.append({"word": "".join(letters), "start": first * frame_seconds, "end": last * frame_seconds})
+        letters = []
+    return words
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mamba-hubert-transcribe", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a fine-tuned hubert_ctc or mamba_hubert_asr checkpoint")
     parser.add_argument("audio", nargs="+", help="wav or flac files")
     parser.add_argument("--lexicon", help="lexicon ('WORD\\tW O R D |' lines) for beam search; needs --lm")
     parser.add_argument("--lm", help="KenLM model (ARPA or binary) for beam search; needs --lexicon")
+    parser.add_argument("--json", action="store_true", help="per file a JSON line: text and word timings")
     args = parser.parse_args(argv)
     if (args.lexicon is None) != (args.lm is None):
         parser.error("beam search needs both --lexicon and --lm (neither: greedy)")
@@ -88,7 +125,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise UsageError(f"{path}: no such file")
         transcriber = Transcriber(args.checkpoint, args.lexicon, args.lm)
         for path in args.audio:
-            print(f"{path}\t{transcriber.text(transcriber.log_probs(transcriber.read_audio(path)))}", flush=True)
+            log_probs = transcriber.log_probs(transcriber.read_audio(path))
+            text = transcriber.text(log_probs)
+            if args.json:
+                words = word_timings(log_probs, transcriber.greedy, transcriber.frame_seconds)
+                print(json.dumps({"path": path, "text": text, "words": words}), flush=True)
+            else:
+                print(f"{path}\t{text}", flush=True)
 
 
 if __name__ == "__main__":
