@@ -26,17 +26,23 @@ def no_unsafe_loading(monkeypatch):
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)  # checkpoints must load without it
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A tone corpus, a causal tiny_mamba pretrained for 1 update and fine-tuned with hubert_ctc for 3."""
-    root = tmp_path_factory.mktemp("transcribe")
+def fine_tuned(root: Path, *model_overrides: str) -> Path:
+    """A tone corpus in root/tones, a tiny_mamba pretrained for 1 update (root/pt) and fine-tuned with hubert_ctc
+    for 3 (root/ft)."""
     corpus = make_tone_corpus(root / "tones", splits=(("train", 8), ("valid", 3)))
     hydra_train("pretrain/tiny_mamba", pretrain_overrides(corpus, root / "pt", "optimization.max_update=1",
-                                                          *SMALL_MODEL, *CAUSAL), root / "pretrain.log", threads=1)
+                                                          *SMALL_MODEL, *model_overrides), root / "pretrain.log",
+                threads=1)
     hydra_train("finetune/tiny_ctc", finetune_overrides(corpus, root / "ft", root / "pt" / "checkpoint_last.pt",
                                                         "optimization.max_update=3", "model.freeze_finetune_updates=0"),
                 root / "finetune.log", threads=1)
     return root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A causal fine-tuned model (streamable)."""
+    return fine_tuned(tmp_path_factory.mktemp("transcribe"), *CAUSAL)
 
 
 def transcribe_lines(capsys, *argv: str) -> dict[str, str]:
@@ -122,3 +128,33 @@ def test_other_sample_rates_are_resampled(run, capsys, tmp_path):
     captured = capsys.readouterr()
     assert captured.out.startswith(f"{tmp_path / 'valid0_32k.flac'}\t")
     assert "valid0_32k.flac: resampling 32000 Hz to the model's 16000 Hz" in captured.err
+
+
+@pytest.mark.parametrize("chunk_ms", ["100", "2000"])
+def test_streaming_ends_with_the_offline_text(run, capsys, chunk_ms):
+    checkpoint = str(run / "ft" / "checkpoint_last.pt")
+    wavs = [str(run / "tones" / "wav" / f"valid{i}.wav") for i in range(3)]
+    offline = transcribe_lines(capsys, checkpoint, *wavs)
+    transcribe.main([checkpoint, "--stream", "--chunk-ms", chunk_ms, *wavs])
+    captured = capsys.readouterr()
+    assert dict(line.split("\t") for line in captured.out.splitlines()) == offline
+    partials = [line.split("\t... ") for line in captured.err.splitlines() if "\t... " in line]
+    for wav in wavs:  # each partial hypothesis grows into the final one
+        texts = [text for path, text in partials if path == wav]
+        assert texts == [] if not offline[wav] else texts[-1] == offline[wav]
+    chunks = sum(-(-len(sf.read(wav)[0]) // (16 * int(chunk_ms))) for wav in wavs)
+    assert f"streamed {chunks} chunks of {chunk_ms} ms: latency per chunk mean" in captured.err
+    assert "real-time factor" in captured.err
+    # the text of a barely trained model hardly depends on its input: compare what it decodes from
+    transcriber = transcribe.Transcriber(checkpoint)
+    audio = transcriber.read_audio(wavs[0])
+    streamed, _ = transcriber.stream_log_probs(transcriber.streaming_encoder(checkpoint), audio,
+                                               16 * int(chunk_ms), lambda text: None)
+    torch.testing.assert_close(streamed, transcriber.log_probs(audio), rtol=1e-4, atol=1e-4)
+
+
+def test_non_causal_model_cannot_stream(tmp_path, capsys):
+    root = fine_tuned(tmp_path)  # tiny_mamba's own config: extractor_mode=default, a positional conv
+    message = error_line(capsys, str(root / "ft" / "checkpoint_last.pt"), str(root / "tones" / "wav" / "valid0.wav"),
+                         "--stream")
+    assert "checkpoint_last.pt: cannot stream: extractor_mode=default normalises over the whole utterance" in message

@@ -1,11 +1,14 @@
 """`mamba-hubert-transcribe`: the text of audio files, by a fine-tuned CTC checkpoint (hubert_ctc, mamba_hubert_asr).
 
     mamba-hubert-transcribe CHECKPOINT a.wav b.flac [--lexicon lexicon.txt --lm lm.arpa] [--json]
+    mamba-hubert-transcribe CHECKPOINT a.wav --stream --chunk-ms 100
 
 Prints `path<TAB>text` per file on stdout, or with --json one JSON object per file: path, text and the words of the
 greedy CTC alignment with their start and end in seconds. Decoding is the task's own generator (what fairseq-generate uses):
 greedy CTC, or a lexicon + KenLM beam search with its defaults; the text is what fairseq-generate prints with
-`--post-process letter`.
+`--post-process letter`. With --stream a causal hubert_ctc model reads each file in chunks (StreamingEncoder), the
+greedy partial hypothesis printed to stderr as it grows, and the latency per chunk and real-time factor at the end;
+its final text is the offline one.
 """
 
 import argparse
@@ -13,7 +16,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -25,7 +29,9 @@ from fairseq.models.hubert import HubertCtc
 
 import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
 from mamba_hubert.command_line import UsageError, one_line_errors, warnings_only
+from mamba_hubert.inference.streaming import NotStreamableError, StreamingEncoder
 from mamba_hubert.models.frames import receptive_field
+from mamba_hubert.models.mamba_hubert_asr import UpstreamHeadEncoder
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 
 
@@ -78,10 +84,41 @@ class Transcriber:
         sample = {"net_input": {"source": audio[None], "padding_mask": torch.zeros(1, len(audio), dtype=torch.bool)}}
         return utterance_log_probs([self.model], sample)[0]
 
-    def text(self, log_probs: torch.Tensor) -> str:
-        """The decoder's words, as fairseq-generate's D- line with --post-process letter."""
-        tokens = self.decoder.decode(log_probs)["tokens"]
+    def text(self, log_probs: torch.Tensor, decoder: CTCGreedyDecoder | CTCLexiconDecoder | None = None) -> str:
+        """The decoder's words (default: the task's), as fairseq-generate's D- line with --post-process letter."""
+        tokens = (decoder or self.decoder).decode(log_probs)["tokens"]
         return self.dictionary.string(tokens.int(), "letter", extra_symbols_to_ignore={self.decoder.eos})
+
+    def streaming_encoder(self, checkpoint: str) -> StreamingEncoder:
+        """The upstream as a StreamingEncoder, or a UsageError saying why this model cannot stream."""
+        if isinstance(self.model.w2v_encoder, UpstreamHeadEncoder):
+            raise UsageError(f"{checkpoint}: --stream needs a hubert_ctc model (a linear CTC head), not "
+                             "mamba_hubert_asr")
+        if self.normalize:
+            raise UsageError(f"{checkpoint}: trained with task.normalize, which normalises each whole file: it "
+                             "cannot stream")
+        try:
+            return StreamingEncoder(self.model.w2v_encoder.w2v_model)
+        except NotStreamableError as error:
+            raise UsageError(f"{checkpoint}: cannot stream: {error}") from None
+
+    def stream_log_probs(self, encoder: StreamingEncoder, audio: torch.Tensor, chunk_samples: int,
+                         partial: Callable[[str], None]) -> tuple[torch.Tensor, list[float]]:
+        """(T, V) log-probabilities of `audio` fed in chunks, and each chunk's latency in seconds; `partial` gets
+        the greedy hypothesis whenever it changes."""
+        pieces, latencies, shown = [], [], ""
+        for start in range(0, len(audio), chunk_samples):
+            began = time.perf_counter()
+            with torch.no_grad():
+                logits = self.model.w2v_encoder.proj(encoder.push(audio[start : start + chunk_samples]))
+                pieces.append(self.model.get_normalized_probs({"encoder_out": logits}, log_probs=True))
+            text = self.text(torch.cat(pieces), self.greedy)
+            latencies.append(time.perf_counter() - began)
+            if text != shown:
+                partial(text)
+                shown = text
+        encoder.flush()
+        return torch.cat(pieces), latencies
 
 
 def word_timings(log_probs: torch.Tensor, greedy: CTCGreedyDecoder, frame_seconds: float,
@@ -116,7 +153,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lexicon", help="lexicon ('WORD\\tW O R D |' lines) for beam search; needs --lm")
     parser.add_argument("--lm", help="KenLM model (ARPA or binary) for beam search; needs --lexicon")
     parser.add_argument("--json", action="store_true", help="per file a JSON line: text and word timings")
+    parser.add_argument("--stream", action="store_true", help="feed each file in chunks (causal hubert_ctc models)")
+    parser.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length with --stream")
     args = parser.parse_args(argv)
+    if args.chunk_ms <= 0:
+        parser.error(f"--chunk-ms must be positive, got {args.chunk_ms}")
     if (args.lexicon is None) != (args.lm is None):
         parser.error("beam search needs both --lexicon and --lm (neither: greedy)")
     with one_line_errors(parser.prog):
@@ -124,14 +165,28 @@ def main(argv: Sequence[str] | None = None) -> None:
             if path is not None and not os.path.isfile(path):
                 raise UsageError(f"{path}: no such file")
         transcriber = Transcriber(args.checkpoint, args.lexicon, args.lm)
+        encoder = transcriber.streaming_encoder(args.checkpoint) if args.stream else None
+        chunk_samples = max(1, round(args.chunk_ms * transcriber.sample_rate / 1000))
+        latencies, audio_seconds = [], 0.0
         for path in args.audio:
-            log_probs = transcriber.log_probs(transcriber.read_audio(path))
+            audio = transcriber.read_audio(path)
+            if encoder is None:
+                log_probs = transcriber.log_probs(audio)
+            else:
+                log_probs, file_latencies = transcriber.stream_log_probs(
+                    encoder, audio, chunk_samples, lambda text, path=path: print(f"{path}\t... {text}", file=sys.stderr))
+                latencies += file_latencies
+                audio_seconds += len(audio) / transcriber.sample_rate
             text = transcriber.text(log_probs)
             if args.json:
                 words = word_timings(log_probs, transcriber.greedy, transcriber.frame_seconds)
                 print(json.dumps({"path": path, "text": text, "words": words}), flush=True)
             else:
                 print(f"{path}\t{text}", flush=True)
+        if latencies:
+            print(f"streamed {len(latencies)} chunks of {args.chunk_ms:g} ms: latency per chunk mean "
+                  f"{1000 * sum(latencies) / len(latencies):.1f} ms, max {1000 * max(latencies):.1f} ms; real-time "
+                  f"factor {sum(latencies) / audio_seconds:.3f}", file=sys.stderr)
 
 
 if __name__ == "__main__":
