@@ -14,7 +14,8 @@ from fairseq.data import Dictionary
 
 from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
 from mamba_hubert.inference import transcribe
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder
+from mamba_hubert.inference.long_form import extract_features_long
+from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, utterance_log_probs
 from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
 
 # layer_type=mamba, conv_pos=0 and a per-frame extractor norm: a model that can also stream
@@ -158,3 +159,19 @@ def test_non_causal_model_cannot_stream(tmp_path, capsys):
     message = error_line(capsys, str(root / "ft" / "checkpoint_last.pt"), str(root / "tones" / "wav" / "valid0.wav"),
                          "--stream")
     assert "checkpoint_last.pt: cannot stream: extractor_mode=default normalises over the whole utterance" in message
+
+
+def test_long_files_go_through_the_long_form_encoder(run, monkeypatch):
+    checkpoint = str(run / "ft" / "checkpoint_last.pt")
+    transcriber = transcribe.Transcriber(checkpoint)
+    pieces = [transcriber.read_audio(str(run / "tones" / "wav" / f"valid{i}.wav")) for i in range(3)]
+    audio = torch.cat(pieces * (-(-31 * 16000 // sum(map(len, pieces)))))  # just over 30 s
+    calls = []
+    monkeypatch.setattr(transcribe, "extract_features_long",
+                        lambda *args, **kwargs: calls.append(1) or extract_features_long(*args, **kwargs))
+    long_form = transcriber.log_probs(audio)
+    assert calls == [1]
+    sample = {"net_input": {"source": audio[None], "padding_mask": torch.zeros(1, len(audio), dtype=torch.bool)}}
+    torch.testing.assert_close(long_form, utterance_log_probs([transcriber.model], sample)[0], rtol=1e-4, atol=1e-4)
+    transcriber.log_probs(audio[: 29 * 16000])
+    assert calls == [1]  # shorter files: the plain forward

@@ -8,7 +8,8 @@ greedy CTC alignment with their start and end in seconds. Decoding is the task's
 greedy CTC, or a lexicon + KenLM beam search with its defaults; the text is what fairseq-generate prints with
 `--post-process letter`. With --stream a causal hubert_ctc model reads each file in chunks (StreamingEncoder), the
 greedy partial hypothesis printed to stderr as it grows, and the latency per chunk and real-time factor at the end;
-its final text is the offline one.
+its final text is the offline one. Offline, files longer than 30 s go through `extract_features_long` (bounded
+memory) when the model is a hubert_ctc on a mamba_hubert upstream.
 """
 
 import argparse
@@ -29,9 +30,13 @@ from fairseq.models.hubert import HubertCtc
 
 import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
 from mamba_hubert.command_line import UsageError, one_line_errors, warnings_only
+from mamba_hubert.inference.long_form import extract_features_long
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingEncoder
 from mamba_hubert.models.frames import receptive_field
+from mamba_hubert.models.mamba_hubert import MambaHubertModel
 from mamba_hubert.models.mamba_hubert_asr import UpstreamHeadEncoder
+
+LONG_FORM_SECONDS = 30.0
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 
 
@@ -80,7 +85,14 @@ class Transcriber:
         return F.layer_norm(audio, audio.shape) if self.normalize else audio
 
     def log_probs(self, audio: torch.Tensor) -> torch.Tensor:
-        """The model's (T, V) CTC log-probabilities for one utterance."""
+        """The model's (T, V) CTC log-probabilities for one utterance; past LONG_FORM_SECONDS in bounded memory where
+        the model allows (a linear head on a mamba_hubert upstream)."""
+        upstream = self.model.w2v_encoder.w2v_model
+        if (len(audio) > LONG_FORM_SECONDS * self.sample_rate and isinstance(upstream, MambaHubertModel)
+                and not isinstance(self.model.w2v_encoder, UpstreamHeadEncoder)):
+            with torch.no_grad():
+                logits = self.model.w2v_encoder.proj(extract_features_long(upstream, audio, sample_rate=self.sample_rate))
+                return self.model.get_normalized_probs({"encoder_out": logits}, log_probs=True)
         sample = {"net_input": {"source": audio[None], "padding_mask": torch.zeros(1, len(audio), dtype=torch.bool)}}
         return utterance_log_probs([self.model], sample)[0]
 
