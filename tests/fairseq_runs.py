@@ -16,6 +16,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import mamba_hubert  # noqa: F401  (the checkpoint allow-list, for loading checkpoints in tests)
+from mamba_hubert.data.ngram_lm import build_arpa
 from mamba_hubert.demo.fairseq_tools import CONFIG_ROOT, PLUGIN_DIR
 
 TINY_CONV = "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2"
@@ -47,6 +48,18 @@ def make_tone_corpus(root: Path, splits=(("train", 12), ("valid", 3)), seed: int
     (root / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(5)))
     (root / "dict.ltr.txt").write_text("| 10\n" + "".join(f"{c} 10\n" for c in letters))
     return root
+
+
+def write_lm(sentences: list[str], path: Path) -> Path:
+    """A 3-gram LM by the project's own builder (IRSTLM); Witten-Bell, as Kneser-Ney needs more text."""
+    text = path.with_suffix(".txt")
+    text.write_text("".join(sentence + "\n" for sentence in sentences))
+    return build_arpa(text, path, order=3, smoothing="wb")
+
+
+def write_lexicon(words: dict[str, str], path: Path) -> Path:
+    path.write_text("".join(f"{word}\t{' '.join(spelling)} |\n" for word, spelling in words.items()))
+    return path
 
 
 def train_fairseq_hubert(data: Path, root: Path, label_rate: int = 100) -> Path:

@@ -11,11 +11,18 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
-from mamba_hubert.data.ngram_lm import TLM_PATHS, build_arpa
+from mamba_hubert.data.ngram_lm import TLM_PATHS
 from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.tasks.mamba_hubert_pretraining import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
-from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
+from tests.fairseq_runs import (
+    SMALL_MODEL,
+    finetune_overrides,
+    make_tone_corpus,
+    pretrain_overrides,
+    write_lexicon,
+    write_lm,
+)
 
 pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (lexicon/KenLM decoding) is not installed")
 if not any(shutil.which(path) for path in TLM_PATHS):
@@ -24,18 +31,6 @@ if not any(shutil.which(path) for path in TLM_PATHS):
 LETTERS = "|ABCDEGHOST"
 LEXICON = {"A": "A", "CAT": "CAT", "CAB": "CAB", "THE": "THE", "SAT": "SAT", "DOGS": "DOGS"}
 LM_TEXT = ["A CAT SAT", "THE CAT SAT", "A CAT", "THE CAB", "THE DOGS SAT"]
-
-
-def write_lm(sentences: list[str], path: Path) -> Path:
-    """A 3-gram LM by the project's own builder (IRSTLM); Witten-Bell, as Kneser-Ney needs more text."""
-    text = path.with_suffix(".txt")
-    text.write_text("".join(sentence + "\n" for sentence in sentences))
-    return build_arpa(text, path, order=3, smoothing="wb")
-
-
-def write_lexicon(words: dict[str, str], path: Path) -> Path:
-    path.write_text("".join(f"{word}\t{' '.join(spelling)} |\n" for word, spelling in words.items()))
-    return path
 
 
 @pytest.fixture(scope="module")

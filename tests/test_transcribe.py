@@ -2,6 +2,7 @@
 files, and one-line errors for a user's mistakes."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +13,19 @@ import soxr
 import torch
 from fairseq.data import Dictionary
 
+from mamba_hubert.data.ngram_lm import TLM_PATHS
 from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
 from mamba_hubert.inference import transcribe
 from mamba_hubert.inference.long_form import extract_features_long
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, utterance_log_probs
-from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
+from tests.fairseq_runs import (
+    SMALL_MODEL,
+    finetune_overrides,
+    make_tone_corpus,
+    pretrain_overrides,
+    write_lexicon,
+    write_lm,
+)
 
 # layer_type=mamba, conv_pos=0 and a per-frame extractor norm: a model that can also stream
 CAUSAL = ["model.extractor_mode=layer_norm", "model.conv_pos=0"]
@@ -175,3 +184,20 @@ def test_long_files_go_through_the_long_form_encoder(run, monkeypatch):
     torch.testing.assert_close(long_form, utterance_log_probs([transcriber.model], sample)[0], rtol=1e-4, atol=1e-4)
     transcriber.log_probs(audio[: 29 * 16000])
     assert calls == [1]  # shorter files: the plain forward
+
+
+def test_lexicon_and_lm_text_is_fairseq_generates(run, capsys):
+    pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (lexicon/KenLM decoding) is not installed")
+    if not any(shutil.which(path) for path in TLM_PATHS):
+        pytest.skip("IRSTLM (the LM builder) is not installed: apt-get install irstlm")
+    corpus, checkpoint = run / "tones", run / "ft" / "checkpoint_last.pt"
+    lexicon = write_lexicon({letter * 2: letter * 2 for letter in "ABCDE"}, run / "lexicon.txt")
+    lm = write_lm(["AA BB", "CC DD EE", "AA"], run / "lm.arpa")
+    generate_wer(corpus, corpus, checkpoint, "valid", run / "decode_lm", threads=1,
+                 decoder_args=["--ctc-lexicon", str(lexicon), "--ctc-lm", str(lm)])
+    lines = generation_results(run / "decode_lm", "valid").read_text().splitlines()
+    hypotheses = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in lines if line.startswith("D-")}
+    wavs = [str(corpus / line.split("\t")[0]) for line in (corpus / "valid.tsv").read_text().splitlines()[1:]]
+    printed = transcribe_lines(capsys, str(checkpoint), *wavs, "--lexicon", str(lexicon), "--lm", str(lm))
+    assert [printed[wav] for wav in wavs] == [hypotheses[i] for i in range(len(wavs))]
+    assert any(hypotheses.values())
