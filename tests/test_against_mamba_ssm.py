@@ -50,6 +50,34 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str, tol: f
                                atol=tol * max(expected.abs().max().item(), 1e-30), msg=lambda m: f"{name}: {m}")
 
 
+def assert_same_forward_and_gradients(ours: torch.nn.Module, theirs: torch.nn.Module, x: torch.Tensor) -> None:
+    """Two blocks with the same parameter names on the same input: outputs, the input's and every parameter's
+    gradient."""
+    x_ours, x_theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
+    assert_close(out_ours, out_theirs, "output")
+    grad_out = torch.randn_like(out_theirs)
+    out_ours.backward(grad_out)
+    out_theirs.backward(grad_out)
+    assert_close(x_ours.grad, x_theirs.grad, "grad x")
+    their_params = dict(theirs.named_parameters())
+    for name, param in ours.named_parameters():
+        assert_close(param.grad, their_params[name].grad, f"grad {name}")
+
+
+def assert_same_scan_and_gradients(ours: tuple[torch.Tensor, torch.Tensor], theirs: tuple[torch.Tensor, torch.Tensor],
+                                   inputs: dict[str, torch.Tensor], inputs_ref: dict[str, torch.Tensor]) -> None:
+    """(y, final state) of two scans, and the gradients of both w.r.t. each one's inputs (same names, same order)."""
+    (y, state), (y_ref, state_ref) = ours, theirs
+    assert_close(y, y_ref, "y")
+    assert_close(state, state_ref, "final state")
+    grad_y, grad_state = torch.randn_like(y_ref), torch.randn_like(state_ref)
+    grads = torch.autograd.grad((y, state), list(inputs.values()), (grad_y, grad_state))
+    grads_ref = torch.autograd.grad((y_ref, state_ref), list(inputs_ref.values()), (grad_y, grad_state))
+    for name, grad, grad_ref in zip(inputs, grads, grads_ref, strict=True):
+        assert_close(grad, grad_ref, f"grad {name}")
+
+
 @pytest.mark.parametrize("impl", ["cpu", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_D,with_z,with_bias,softplus,last_state", [
@@ -101,17 +129,7 @@ def block_pair(config: tuple, seed: int = 0) -> tuple[Mamba, torch.nn.Module]:
 @pytest.mark.parametrize("config", BLOCK_CONFIGS)
 def test_block_matches_mamba_ssm_forward_and_gradients(config):
     ours, theirs = block_pair(config)
-    x = torch.randn(3, 29, config[0])
-    x_ours, x_theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
-    assert_close(out_ours, out_theirs, "output")
-    grad_out = torch.randn_like(out_theirs)
-    out_ours.backward(grad_out)
-    out_theirs.backward(grad_out)
-    assert_close(x_ours.grad, x_theirs.grad, "grad x")
-    their_params = dict(theirs.named_parameters())
-    for name, param in ours.named_parameters():
-        assert_close(param.grad, their_params[name].grad, f"grad {name}")
+    assert_same_forward_and_gradients(ours, theirs, torch.randn(3, 29, config[0]))
 
 
 @pytest.mark.parametrize("config", [c for c in BLOCK_CONFIGS if float(c[3]).is_integer()])
@@ -169,13 +187,7 @@ def test_ssd_scan_matches_ssd_minimal_discrete(dtype, chunk_size):
     dt = theirs["dt"]
     y_ref, state_ref = reference().ssd_minimal_discrete(theirs["x"] * dt.unsqueeze(-1), theirs["A"] * dt, B, C, 8,
                                                         initial_states=theirs["initial_states"].unsqueeze(1))
-    assert_close(y, y_ref, "y")
-    assert_close(state, state_ref, "final state")
-    grad_y, grad_state = torch.randn_like(y_ref), torch.randn_like(state_ref)
-    grads = torch.autograd.grad((y, state), list(ours.values()), (grad_y, grad_state))
-    grads_ref = torch.autograd.grad((y_ref, state_ref), list(theirs.values()), (grad_y, grad_state))
-    for name, grad, grad_ref in zip(ours, grads, grads_ref, strict=True):
-        assert_close(grad, grad_ref, f"grad {name}")
+    assert_same_scan_and_gradients((y, state), (y_ref, state_ref), ours, theirs)
 
 
 def mamba2_pair(config: dict, seed: int = 0) -> tuple[Mamba2, torch.nn.Module]:
@@ -218,17 +230,7 @@ def test_mamba2_parameters_and_init_equal_mamba_ssm(config):
 def test_mamba2_matches_mamba_ssm_forward_and_gradients(config):
     """29 frames in chunks of 8 (the last one partial): outputs, the input's and every parameter's gradient."""
     ours, theirs = mamba2_pair(config)
-    x = torch.randn(3, 29, config["d_model"])
-    x_ours, x_theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out_ours, out_theirs = ours(x_ours), theirs(x_theirs)
-    assert_close(out_ours, out_theirs, "output")
-    grad_out = torch.randn_like(out_theirs)
-    out_ours.backward(grad_out)
-    out_theirs.backward(grad_out)
-    assert_close(x_ours.grad, x_theirs.grad, "grad x")
-    their_params = dict(theirs.named_parameters())
-    for name, param in ours.named_parameters():
-        assert_close(param.grad, their_params[name].grad, f"grad {name}")
+    assert_same_forward_and_gradients(ours, theirs, torch.randn(3, 29, config["d_model"]))
 
 
 @pytest.mark.parametrize("block", ["mamba", "mamba2"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mamba_hubert.ops.ssd import ssd_scan_chunked, ssd_scan_fn, ssd_scan_reference
-from tests.test_against_mamba_ssm import assert_close
+from tests.test_against_mamba_ssm import assert_close, assert_same_scan_and_gradients
 
 SSD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
@@ -47,13 +47,7 @@ def test_chunked_equals_sequential(dtype, chunk_size, length, initial):
     y, state = ssd_scan_chunked(**ours, chunk_size=chunk_size, **kwargs)
     y_ref, state_ref = ssd_scan_reference(**theirs, **kwargs)
     assert y.dtype == y_ref.dtype == dtype
-    assert_close(y, y_ref, "y")
-    assert_close(state, state_ref, "final state")
-    grad_y, grad_state = torch.randn_like(y_ref), torch.randn_like(state_ref)
-    grads = torch.autograd.grad((y, state), list(ours.values()), (grad_y, grad_state))
-    grads_ref = torch.autograd.grad((y_ref, state_ref), list(theirs.values()), (grad_y, grad_state))
-    for name, grad, grad_ref in zip(ours, grads, grads_ref, strict=True):
-        assert_close(grad, grad_ref, f"grad {name}")
+    assert_same_scan_and_gradients((y, state), (y_ref, state_ref), ours, theirs)
 
 
 def test_a_state_carried_across_calls_equals_one_call():
