@@ -7,7 +7,7 @@ import torch
 
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingEncoder, stream
 from mamba_hubert.models.frames import conv_output_length
-from mamba_hubert.modules import Mamba
+from mamba_hubert.modules import Mamba, Mamba2
 from tests.conftest import tiny_model
 
 SAMPLE_RATE = 16000
@@ -23,9 +23,9 @@ def state_sensitive(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for block in model.modules():
-            if not isinstance(block, Mamba):
+            if not isinstance(block, (Mamba, Mamba2)):
                 continue
-            dt_projs = {id(m) for m in (block.dt_proj, getattr(block, "dt_proj_b", None)) if m is not None}
+            dt_projs = {id(m) for m in (getattr(block, "dt_proj", None), getattr(block, "dt_proj_b", None)) if m}
             for linear in block.modules():
                 if isinstance(linear, torch.nn.Linear) and id(linear) not in dt_projs:
                     linear.weight.normal_(0, 1 / math.sqrt(linear.weight.shape[1]), generator=generator)
@@ -35,8 +35,8 @@ def state_sensitive(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     return model.eval()
 
 
-def causal_model(**overrides) -> torch.nn.Module:
-    return state_sensitive(tiny_model("mamba", **{**CAUSAL, **overrides}))
+def causal_model(layer_type: str = "mamba", **overrides) -> torch.nn.Module:
+    return state_sensitive(tiny_model(layer_type, **{**CAUSAL, **overrides}))
 
 
 def offline(model: torch.nn.Module, audio: torch.Tensor, output_layer: int | None = None) -> torch.Tensor:
@@ -52,8 +52,10 @@ def offline(model: torch.nn.Module, audio: torch.Tensor, output_layer: int | Non
         {"layer_norm_first": True, "encoder_layers": 3},  # pre-LN with FFN, final layer norm
         {"encoder_ffn_embed_dim": 0, "mamba_d_conv": 2},  # Lin et al.'s mambaformer (no FFN)
         {"extractor_mode": "fbank"},  # log-mel and causal convs: the carried window starts with their left padding
+        # Lin et al.'s mamba2former: Mamba-2 blocks, 4 heads of 16 in 2 groups, SSD chunks of 16 frames
+        {"layer_type": "mamba2", "mamba_headdim": 16, "mamba_ngroups": 2, "mamba_chunk_size": 16},
     ],
-    ids=["post_ln_ffn", "pre_ln", "pre_ln_ffn_3layers", "post_ln_no_ffn_dconv2", "fbank"],
+    ids=["post_ln_ffn", "pre_ln", "pre_ln_ffn_3layers", "post_ln_no_ffn_dconv2", "fbank", "mamba2"],
 )
 @pytest.mark.parametrize("chunk_seconds", [0.1, 0.37, 1.0, 2.0])
 def test_streaming_equals_offline(overrides, chunk_seconds):
@@ -153,6 +155,7 @@ def test_flush_starts_a_new_stream():
         ("mamba", {"conv_pos": 16, "extractor_mode": "layer_norm"}, "conv_pos=0"),
         ("mamba", {"conv_pos": 0, "extractor_mode": "default"}, "extractor_mode=layer_norm"),
         ("ext_bimamba", CAUSAL, "not causal"),
+        ("ext_bimamba2", CAUSAL, "not causal"),
         ("inn_bimamba", CAUSAL, "not causal"),
         ("conbimamba", CAUSAL, "not causal"),
         ("transformer", CAUSAL, "not causal"),

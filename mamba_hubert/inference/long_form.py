@@ -15,7 +15,7 @@ rounding aside) with peak memory O(T x d_model) plus one chunk's working set:
   (the block's `MambaState`), which is exact for causal layers; a bidirectional mixer (ext/inn bimamba,
   conbimamba, transbimamba) takes a second pass, back to front over time-reversed chunks, for its backward
   direction - also exact, since that direction is a causal scan of the reversed sequence. A causal layer
-  (`layer_type=mamba`) runs whole chunk by chunk, written back over its input: no whole-sequence temporaries.
+  (`layer_type=mamba` or `mamba2`) runs whole chunk by chunk, written back over its input: no whole-sequence temporaries.
 - Non-causal convolutions (the positional conv, the conformer module's depthwise conv) run over the whole
   sequence at once: O(T x d). Attention layers (`layer_type=transformer`) also run whole: exact, but O(T^2).
 """
@@ -27,11 +27,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_hubert.inference.streaming import after_mixer, causal_layer_chunk, has_group_norm, mixer_input
+from mamba_hubert.inference.streaming import (
+    after_mixer,
+    causal_layer_chunk,
+    has_group_norm,
+    is_causal_layer,
+    mixer_input,
+)
 from mamba_hubert.models.frames import conv_output_length, receptive_field
 from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
 from mamba_hubert.modules.layers import ConBiMambaEncoderLayer, ConvolutionModule, MambaEncoderLayer
 from mamba_hubert.modules.mamba import Mamba
+from mamba_hubert.modules.mamba2 import Mamba2
 
 GroupStats = tuple[torch.Tensor, torch.Tensor]  # per-group mean and variance, float64
 
@@ -122,7 +129,7 @@ def conv_features_long(model: nn.Module, audio: torch.Tensor, chunk_samples: int
     return features
 
 
-def mamba_over_chunks(block: Mamba, x: torch.Tensor, chunk: int, reverse: bool = False) -> torch.Tensor:
+def mamba_over_chunks(block: Mamba | Mamba2, x: torch.Tensor, chunk: int, reverse: bool = False) -> torch.Tensor:
     """`block(x)` for x (b, T, d), or with `reverse` R(block(R(x))) (R = time reversal), chunk by chunk with
     the state carried."""
     out = torch.empty_like(x)
@@ -201,7 +208,7 @@ def _causal_layer_in_place(layer: MambaEncoderLayer, x: torch.Tensor, chunk: int
 
 def layer_long(layer: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
     """One encoder layer (eval mode) on a whole unpadded sequence (b, T, d) -> (b, T, d); may overwrite x."""
-    if isinstance(layer, MambaEncoderLayer) and type(layer.mixer) is Mamba:
+    if is_causal_layer(layer):
         return _causal_layer_in_place(layer, x, chunk)
     if isinstance(layer, MambaEncoderLayer):
         mixed = mixer_long(layer.mixer, mixer_input(layer, x), chunk)

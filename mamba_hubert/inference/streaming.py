@@ -1,12 +1,12 @@
 """Streaming inference for causal Mamba-HuBERT models: audio in chunks, frame features out, state carried.
 
-A model streams exactly when nothing in it looks ahead or across the whole utterance: `layer_type=mamba`,
-`conv_pos=0` (fairseq's positional conv is non-causal) and `extractor_mode=layer_norm` or `fbank` (the default
+A model streams exactly when nothing in it looks ahead or across the whole utterance: `layer_type=mamba` or
+`mamba2`, `conv_pos=0` (fairseq's positional conv is non-causal) and `extractor_mode=layer_norm` or `fbank` (the default
 extractor's first group norm averages over the whole utterance). Everything else in HuBERT's `extract_features` is
 per frame. `StreamingEncoder` carries, between chunks, the samples of the next frame's front-end window (less than
 one window: 400 samples for HuBERT's CNN, 1,360 for the fbank front end at 50 Hz), and for every Mamba layer its
 conv tail (d_conv - 1 frames) and SSM state (the block's `MambaState`); each chunk runs through the front end and
-every layer at once, each block continuing from its carried state (`Mamba.forward(x, state=...)`).
+every layer at once, each block continuing from its carried state (`Mamba.forward(x, state=...)`, `Mamba2`'s alike).
 
 The eval-mode parts of a Mamba encoder layer here are shared with `mamba_hubert.inference.long_form`.
 """
@@ -18,6 +18,10 @@ from mamba_hubert.models.frames import conv_output_length, receptive_field
 from mamba_hubert.modules.encoder import ZeroPositionalConv
 from mamba_hubert.modules.layers import MambaEncoderLayer
 from mamba_hubert.modules.mamba import Mamba, MambaState
+from mamba_hubert.modules.mamba2 import Mamba2
+
+# the mixers that run a sequence front to back only, so continue it from a carried state
+CAUSAL_MIXERS = (Mamba, Mamba2)
 
 
 def mixer_input(layer: MambaEncoderLayer, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +45,12 @@ def causal_layer_chunk(layer: MambaEncoderLayer, x: torch.Tensor, state: MambaSt
     return after_mixer(layer, x, layer.mixer(mixer_input(layer, x), state=state))
 
 
+def is_causal_layer(layer: nn.Module) -> bool:
+    """Whether `layer` is a `MambaEncoderLayer` whose mixer is causal (`layer_type=mamba` or `mamba2`; InnBiMamba
+    subclasses Mamba but reads both ways)."""
+    return isinstance(layer, MambaEncoderLayer) and type(layer.mixer) in CAUSAL_MIXERS
+
+
 def has_group_norm(module: nn.Module) -> bool:
     """Whether a feature extractor normalises over time (fairseq's `extractor_mode=default`)."""
     return any(isinstance(m, nn.GroupNorm) for m in module.modules())
@@ -60,8 +70,9 @@ def check_streamable(model: nn.Module) -> None:
     if not isinstance(model.encoder.pos_conv, ZeroPositionalConv):
         raise NotStreamableError("the positional conv looks ahead; a streaming model needs conv_pos=0")
     for index, layer in enumerate(model.encoder.layers):
-        if not (isinstance(layer, MambaEncoderLayer) and type(layer.mixer) is Mamba):
-            raise NotStreamableError(f"encoder layer {index} is not causal ({type(layer).__name__}); use layer_type=mamba")
+        if not is_causal_layer(layer):
+            raise NotStreamableError(f"encoder layer {index} is not causal ({type(layer).__name__}); use layer_type=mamba "
+                                     "or mamba2")
 
 
 class StreamingEncoder:

@@ -28,8 +28,30 @@ class MambaState:
     """Where a Mamba block's sequence stopped: what its next input continues from (mamba-ssm's inference cache, the
     conv part one frame shorter since the newest frame always comes with the input)."""
 
-    conv: torch.Tensor  # (batch, d_inner, d_conv - 1) in the block's dtype: the last conv inputs, oldest first
-    ssm: torch.Tensor  # (batch, d_inner, d_state) float32: the scan's state after the last frame
+    conv: torch.Tensor  # (batch, conv channels, d_conv - 1) in the block's dtype: the last conv inputs, oldest first
+    ssm: torch.Tensor  # float32, the scan's state after the last frame: Mamba (batch, d_inner, d_state), Mamba2
+    # (batch, nheads, headdim, d_state)
+
+
+def conv_silu(conv1d: nn.Conv1d, x: torch.Tensor, state: MambaState | None) -> torch.Tensor:
+    """silu(causal depthwise conv) of x (b, channels, L): zero history without a state, else the state's conv tail,
+    which is then advanced in place to x's last frames (the conv part shared by Mamba and Mamba2)."""
+    if state is None:
+        return F.silu(conv1d(x)[..., : x.shape[-1]])
+    history = torch.cat([state.conv, x], dim=-1)
+    state.conv.copy_(history[..., history.shape[-1] - state.conv.shape[-1] :])
+    return F.silu(F.conv1d(history, conv1d.weight, conv1d.bias, groups=conv1d.groups))
+
+
+def zero_padding(x: torch.Tensor, padding_mask: torch.Tensor | None, state: MambaState | None) -> torch.Tensor:
+    """x with padded frames zeroed; a block continuing a state takes no padding (each row continues its own
+    sequence, so only valid frames may be fed)."""
+    if padding_mask is None:
+        return x
+    if state is not None:
+        raise ValueError("a Mamba block with a state takes no padding_mask: each row continues its own sequence, "
+                         "so feed only valid frames")
+    return x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 
 
 class Mamba(nn.Module):
@@ -124,11 +146,7 @@ class Mamba(nn.Module):
 
         With `state`, x continues the sequence the state ended (its conv reads the carried tail instead of zero
         padding, its scan starts from the carried state) and the state is advanced in place to x's last frame."""
-        if state is not None and padding_mask is not None:
-            raise ValueError("a Mamba block with a state takes no padding_mask: each row continues its own sequence, "
-                             "so feed only valid frames")
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = zero_padding(x, padding_mask, state)
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2 d_inner, L): hidden, then gate
         # mamba_inner_fn has no initial state, so a stateful call runs the conv and scan separately
         fused = fused_mamba_inner(self.scan_impl, x.device) if state is None else None
@@ -155,13 +173,7 @@ class Mamba(nn.Module):
     ) -> torch.Tensor:
         """Causal conv + selective scan of one direction (the block's parameters, or InnBiMamba's backward set):
         (b, d_inner, L) -> gated y (b, d_inner, L); continues from `state` and advances it in place, if given."""
-        length = hidden.shape[-1]
-        if state is None:
-            hidden = F.silu(conv1d(hidden)[..., :length])
-        else:
-            history = torch.cat([state.conv, hidden], dim=-1)
-            hidden = F.silu(F.conv1d(history, conv1d.weight, conv1d.bias, groups=conv1d.groups))
-            state.conv.copy_(history[..., history.shape[-1] - state.conv.shape[-1] :])
+        hidden = conv_silu(conv1d, hidden, state)
         dt, B, C = self._project(hidden.transpose(1, 2), x_proj, dt_proj)
         result = selective_scan_fn(
             hidden,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_hubert.modules.mamba import reset_projections_as_mamba_ssm
+from mamba_hubert.modules.mamba import MambaState, conv_silu, reset_projections_as_mamba_ssm, zero_padding
 from mamba_hubert.ops.ssd import ssd_scan_fn
 
 
@@ -109,15 +109,18 @@ class Mamba2(nn.Module):
         for param in (self.dt_bias, self.A_log, self.D):
             param._no_weight_decay = True
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (batch, length, d_model); padding_mask: (batch, length) bool, True = padded (right padding)."""
-        if padding_mask is not None:
-            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        length = x.shape[1]
+    def forward(
+        self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, state: MambaState | None = None
+    ) -> torch.Tensor:
+        """x: (batch, length, d_model); padding_mask: (batch, length) bool, True = padded (right padding).
+
+        With `state` (`allocate_state`), x continues the sequence the state ended and the state is advanced in place
+        to x's last frame, as `Mamba.forward`."""
+        x = zero_padding(x, padding_mask, state)
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv1d.in_channels, self.nheads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :length].transpose(1, 2))
+        xBC = conv_silu(self.conv1d, xBC.transpose(1, 2), state).transpose(1, 2)
         hidden, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        y = ssd_scan_fn(
+        result = ssd_scan_fn(
             hidden.unflatten(-1, (self.nheads, self.headdim)),
             dt,
             -torch.exp(self.A_log.float()),
@@ -128,9 +131,21 @@ class Mamba2(nn.Module):
             z=None if self.norm is not None else z.unflatten(-1, (self.nheads, self.headdim)),
             dt_bias=self.dt_bias,
             dt_softplus=True,
+            initial_states=None if state is None else state.ssm,
+            return_final_states=state is not None,
             impl=self.scan_impl,
-        ).flatten(-2)
+        )
+        if state is not None:
+            result, final_state = result
+            state.ssm.copy_(final_state)
+        y = result.flatten(-2)
         out = self.out_proj(y if self.norm is None else self.norm(y, z))
         if padding_mask is not None:
             out = out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         return out
+
+    def allocate_state(self, batch_size: int) -> MambaState:
+        """The state before a sequence's first frame: the offline conv's zero padding and a zero SSD state."""
+        weight = self.conv1d.weight
+        return MambaState(weight.new_zeros(batch_size, self.conv1d.in_channels, self.d_conv - 1),
+                          weight.new_zeros(batch_size, self.nheads, self.headdim, self.d_state, dtype=torch.float32))
