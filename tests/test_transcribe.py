@@ -16,8 +16,10 @@ from fairseq.data import Dictionary
 from mamba_hubert.data.ngram_lm import TLM_PATHS
 from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
 from mamba_hubert.inference import transcribe
-from mamba_hubert.inference.long_form import extract_features_long
+from mamba_hubert.inference.long_form import ctc_logits_long
+from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, utterance_log_probs
+from tests.conftest import SMALL_HEAD, build_asr_model
 from tests.fairseq_runs import (
     SMALL_MODEL,
     finetune_overrides,
@@ -26,6 +28,7 @@ from tests.fairseq_runs import (
     write_lexicon,
     write_lm,
 )
+from tests.test_streaming import state_sensitive
 
 # layer_type=mamba, conv_pos=0 and a per-frame extractor norm: a model that can also stream
 CAUSAL = ["model.extractor_mode=layer_norm", "model.conv_pos=0"]
@@ -158,7 +161,7 @@ def test_streaming_ends_with_the_offline_text(run, capsys, chunk_ms):
     # the text of a barely trained model hardly depends on its input: compare what it decodes from
     transcriber = transcribe.Transcriber(checkpoint)
     audio = transcriber.read_audio(wavs[0])
-    streamed, _ = transcriber.stream_log_probs(transcriber.streaming_encoder(checkpoint), audio,
+    streamed, _ = transcriber.stream_log_probs(transcriber.streaming_model(checkpoint), audio,
                                                16 * int(chunk_ms), lambda text: None)
     torch.testing.assert_close(streamed, transcriber.log_probs(audio), rtol=1e-4, atol=1e-4)
 
@@ -176,8 +179,8 @@ def test_long_files_go_through_the_long_form_encoder(run, monkeypatch):
     pieces = [transcriber.read_audio(str(run / "tones" / "wav" / f"valid{i}.wav")) for i in range(3)]
     audio = torch.cat(pieces * (-(-31 * 16000 // sum(map(len, pieces)))))  # just over 30 s
     calls = []
-    monkeypatch.setattr(transcribe, "extract_features_long",
-                        lambda *args, **kwargs: calls.append(1) or extract_features_long(*args, **kwargs))
+    monkeypatch.setattr(transcribe, "ctc_logits_long",
+                        lambda *args, **kwargs: calls.append(1) or ctc_logits_long(*args, **kwargs))
     long_form = transcriber.log_probs(audio)
     assert calls == [1]
     sample = {"net_input": {"source": audio[None], "padding_mask": torch.zeros(1, len(audio), dtype=torch.bool)}}
@@ -201,3 +204,103 @@ def test_lexicon_and_lm_text_is_fairseq_generates(run, capsys):
     printed = transcribe_lines(capsys, str(checkpoint), *wavs, "--lexicon", str(lexicon), "--lm", str(lm))
     assert [printed[wav] for wav in wavs] == [hypotheses[i] for i in range(len(wavs))]
     assert any(hypotheses.values())
+
+
+# mamba_hubert_asr heads on the causal upstream that stream: Mamba-2 layers on the SUPERB weighted sum of a frozen
+# upstream, and Mamba layers on upstream layer 1 (the upstream stops there), pre-LN with a final layer norm.
+CAUSAL_HEADS = {
+    "mamba2_head_on_the_weighted_sum": {"upstream_weighted_sum": True, "freeze_upstream": True,
+                                        "head_layer_type": "mamba2", "head_mamba_headdim": 16,
+                                        "head_mamba_ngroups": 2, "head_mamba_chunk_size": 16},
+    "mamba_head_on_upstream_layer_1": {"upstream_layer": 1, "head_layer_type": "mamba"},
+}
+
+
+def causal_asr_model(run: Path, **fields) -> torch.nn.Module:
+    """A mamba_hubert_asr on the causal pretrained model, every Mamba block made state-sensitive, layer weights
+    unequal."""
+    model = build_asr_model(run / "pt" / "checkpoint_last.pt", run / "tones", **{**SMALL_HEAD, "head_conv_pos": 0,
+                                                                                 **fields})
+    if model.w2v_encoder.layer_weights is not None:
+        with torch.no_grad():
+            model.w2v_encoder.layer_weights.copy_(torch.tensor([0.5, -0.3, 0.2]))
+    return state_sensitive(model)
+
+
+def offline_logits(model: torch.nn.Module, audio: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.w2v_encoder(audio[None], None, tbc=False)["encoder_out"][0]
+
+
+@pytest.mark.parametrize("case", CAUSAL_HEADS)
+@pytest.mark.parametrize("chunk_ms", [100, 370, 2000])
+def test_streaming_a_causal_head_gives_the_offline_logits(run, case, chunk_ms):
+    model = causal_asr_model(run, **CAUSAL_HEADS[case])
+    audio = torch.randn(5 * 16000 + 77, generator=torch.Generator().manual_seed(1))
+    streaming = StreamingCtc(model)
+    chunk = 16 * chunk_ms
+    streamed = torch.cat([*(streaming.push(audio[s : s + chunk]) for s in range(0, len(audio), chunk)),
+                          streaming.flush()])
+    expected = offline_logits(model, audio)
+    assert streamed.shape == expected.shape
+    torch.testing.assert_close(streamed, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_head_state_carried_across_chunks_matters(run):
+    """Control for the equality above: with the head's SSD states dropped at each chunk it fails."""
+    model = causal_asr_model(run, **CAUSAL_HEADS["mamba2_head_on_the_weighted_sum"])
+    audio = torch.randn(3 * 16000, generator=torch.Generator().manual_seed(2))
+    streaming = StreamingCtc(model)
+    pieces = []
+    for start in range(0, len(audio), 8000):
+        pieces.append(streaming.push(audio[start : start + 8000]))
+        for state in streaming._head_states:
+            state.ssm.zero_()
+    assert (torch.cat(pieces) - offline_logits(model, audio)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("case", CAUSAL_HEADS)
+def test_long_form_through_a_head_gives_the_offline_logits(run, case):
+    model = causal_asr_model(run, **CAUSAL_HEADS[case])
+    audio = torch.randn(20 * 16000 + 77, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ctc_logits_long(model, audio, chunk_seconds=1.3), offline_logits(model, audio),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"head_layer_type": "conformer"}, "head layer 0 is not causal"),
+    ({"head_layer_type": "ext_bimamba2", "head_mamba_headdim": 16}, "head layer 0 is not causal"),
+    ({"head_layer_type": "mamba2", "head_mamba_headdim": 16, "head_conv_pos": 16},
+     "the head's positional conv looks ahead; streaming needs model.head_conv_pos=0"),
+])
+def test_heads_that_look_ahead_cannot_stream(run, fields, reason):
+    with pytest.raises(NotStreamableError, match=reason):
+        StreamingCtc(causal_asr_model(run, **fields))
+
+
+@pytest.fixture(scope="module")
+def asr_run(run) -> Path:
+    """mamba_hubert_asr with a causal Mamba-2 head on the weighted sum, fine-tuned by fairseq for 3 updates."""
+    overrides = ["optimization.max_update=3", "model.freeze_finetune_updates=0", "model.upstream_weighted_sum=true",
+                 "model.head_layer_type=mamba2", "model.head_conv_pos=0", "model.head_embed_dim=32",
+                 "model.head_ffn_embed_dim=64", "model.head_mamba_headdim=16", "model.head_mamba_chunk_size=16"]
+    hydra_train("finetune/tiny_asr_conformer", finetune_overrides(run / "tones", run / "asr",
+                                                                  run / "pt" / "checkpoint_last.pt", *overrides),
+                run / "asr.log", threads=1)
+    return run / "asr"
+
+
+@pytest.mark.parametrize("chunk_ms", ["100", "2000"])
+def test_a_fine_tuned_causal_head_streams_from_the_command_line(run, asr_run, capsys, chunk_ms):
+    checkpoint = str(asr_run / "checkpoint_last.pt")
+    wavs = [str(run / "tones" / "wav" / f"valid{i}.wav") for i in range(3)]
+    offline = transcribe_lines(capsys, checkpoint, *wavs)
+    transcribe.main([checkpoint, "--stream", "--chunk-ms", chunk_ms, *wavs])
+    captured = capsys.readouterr()
+    assert dict(line.split("\t") for line in captured.out.splitlines()) == offline
+    assert "real-time factor" in captured.err
+    transcriber = transcribe.Transcriber(checkpoint)
+    audio = transcriber.read_audio(wavs[0])
+    streamed, _ = transcriber.stream_log_probs(transcriber.streaming_model(checkpoint), audio, 16 * int(chunk_ms),
+                                               lambda text: None)
+    torch.testing.assert_close(streamed, transcriber.log_probs(audio), rtol=1e-4, atol=1e-4)

@@ -219,6 +219,27 @@ def layer_long(layer: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return layer(x.transpose(0, 1), self_attn_padding_mask=None)[0].transpose(0, 1)
 
 
+def encoder_long(encoder: nn.Module, x: torch.Tensor, chunk: int, output_layer: int | None = None,
+                 hidden_states: bool = False) -> torch.Tensor | list[torch.Tensor]:
+    """A MambaEncoder's `forward(x, layer=output_layer)` output on a whole sequence (1, T, d) in eval mode, layer by
+    layer with one chunk's working set; with `hidden_states`, the list [layer 1's input, each layer's output]
+    instead (the states `MambaHubertAsr`'s weighted sum reads; they cost a (T, d) tensor each). May overwrite x."""
+    layers = list(encoder.layers)
+    if output_layer is not None and not 1 <= output_layer <= len(layers):
+        raise ValueError(f"output_layer must be in 1..{len(layers)}, got {output_layer}")
+    x = x + encoder.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+    if not encoder.layer_norm_first:
+        x = encoder.layer_norm(x)
+    states = [x]
+    for layer in layers if output_layer is None else layers[:output_layer]:
+        # a causal layer writes its output over its input, which a kept state must not see
+        x = layer_long(layer, x.clone() if hidden_states else x, chunk)
+        states.append(x)
+    if encoder.layer_norm_first and output_layer is None:
+        states[-1] = encoder.layer_norm(states[-1])
+    return states if hidden_states else states[-1]
+
+
 @torch.no_grad()
 def extract_features_long(
     model: nn.Module,
@@ -226,17 +247,15 @@ def extract_features_long(
     chunk_seconds: float = 10.0,
     output_layer: int | None = None,
     sample_rate: int = 16000,
-) -> torch.Tensor:
+    hidden_states: bool = False,
+) -> torch.Tensor | list[torch.Tensor]:
     """`model.extract_features(audio[None], output_layer=output_layer)[0][0]` for a MambaHubertModel in eval mode,
-    in bounded memory: audio (num_samples,) -> features (frames, encoder_embed_dim)."""
+    in bounded memory: audio (num_samples,) -> features (frames, encoder_embed_dim); with `hidden_states`, the
+    list of every hidden state (`encoder_long`), each (frames, encoder_embed_dim)."""
     if model.training:
         raise ValueError("call model.eval() first: dropout and batch statistics make chunked and offline outputs differ")
     if audio.dim() != 1:
         raise ValueError(f"audio must be one channel (num_samples,), got shape {tuple(audio.shape)}")
-    encoder = model.encoder
-    layers = list(encoder.layers)
-    if output_layer is not None and not 1 <= output_layer <= len(layers):
-        raise ValueError(f"output_layer must be in 1..{len(layers)}, got {output_layer}")
     window, hop = receptive_field(model.conv_layers)
     if len(audio) + model.left_padding < window:
         raise ValueError(f"audio of {len(audio)} samples is shorter than one frame's window "
@@ -250,11 +269,25 @@ def extract_features_long(
         return x if model.post_extract_proj is None else model.post_extract_proj(x)
 
     x = per_frames(project, chunk, conv_features_long(model, audio, chunk_samples))
-    x = x + encoder.pos_conv(x.transpose(1, 2)).transpose(1, 2)
-    if not encoder.layer_norm_first:
-        x = encoder.layer_norm(x)
-    for layer in layers if output_layer is None else layers[:output_layer]:
-        x = layer_long(layer, x, chunk)
-    if encoder.layer_norm_first and output_layer is None:
-        x = encoder.layer_norm(x)
-    return x[0]
+    out = encoder_long(model.encoder, x, chunk, output_layer, hidden_states)
+    return [state[0] for state in out] if hidden_states else out[0]
+
+
+@torch.no_grad()
+def ctc_logits_long(model: nn.Module, audio: torch.Tensor, chunk_seconds: float = 10.0,
+                    sample_rate: int = 16000) -> torch.Tensor:
+    """The CTC logits (frames, vocabulary) of a fine-tuned model on a mamba_hubert upstream (`hubert_ctc`, or
+    `mamba_hubert_asr` with its upstream layer or weighted sum and head), in eval mode, in bounded memory."""
+    encoder = model.w2v_encoder
+    layer_weights = getattr(encoder, "layer_weights", None)
+    upstream = extract_features_long(encoder.w2v_model, audio, chunk_seconds, getattr(encoder, "upstream_layer", None),
+                                     sample_rate, hidden_states=layer_weights is not None)
+    if layer_weights is not None:
+        weights = F.softmax(layer_weights, 0).to(upstream[0].dtype)
+        upstream = sum(w * state for w, state in zip(weights, upstream))
+    head = getattr(encoder, "head", None)
+    if head is None:
+        return encoder.proj(upstream)
+    chunk = max(1, len(upstream) * round(chunk_seconds * sample_rate) // max(1, len(audio)))
+    x = per_frames(encoder.head_proj, chunk, upstream[None])
+    return per_frames(encoder.proj, chunk, encoder_long(head, x, chunk))[0]

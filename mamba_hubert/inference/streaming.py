@@ -12,6 +12,7 @@ The eval-mode parts of a Mamba encoder layer here are shared with `mamba_hubert.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mamba_hubert.models.frames import conv_output_length, receptive_field
@@ -67,12 +68,34 @@ def check_streamable(model: nn.Module) -> None:
     if has_group_norm(model.feature_extractor):
         raise NotStreamableError(
             "extractor_mode=default normalises over the whole utterance; use extractor_mode=layer_norm or fbank")
-    if not isinstance(model.encoder.pos_conv, ZeroPositionalConv):
-        raise NotStreamableError("the positional conv looks ahead; a streaming model needs conv_pos=0")
-    for index, layer in enumerate(model.encoder.layers):
+    check_causal_encoder(model.encoder)
+
+
+def check_causal_encoder(encoder: nn.Module, name: str = "encoder", prefix: str = "") -> None:
+    """Raise NotStreamableError unless `encoder` (a MambaEncoder; `prefix` before its field names in the message)
+    has no positional conv and only causal layers."""
+    if not isinstance(encoder.pos_conv, ZeroPositionalConv):
+        raise NotStreamableError(f"the {name}'s positional conv looks ahead; streaming needs {prefix}conv_pos=0")
+    for index, layer in enumerate(encoder.layers):
         if not is_causal_layer(layer):
-            raise NotStreamableError(f"encoder layer {index} is not causal ({type(layer).__name__}); use layer_type=mamba "
-                                     "or mamba2")
+            raise NotStreamableError(f"{name} layer {index} is not causal ({type(layer).__name__}); use "
+                                     f"{prefix}layer_type=mamba or mamba2")
+
+
+def encoder_chunk(encoder: nn.Module, layers: list[MambaEncoderLayer], x: torch.Tensor, states: list[MambaState],
+                  final_layer_norm: bool) -> list[torch.Tensor]:
+    """The next chunk (b, t, d) of a causal MambaEncoder's input through `layers` (eval mode, each mixer continuing
+    from its state): the hidden states [layer 1's input, each layer's output], as fairseq's TransformerEncoder
+    computes them (the zero positional conv and the padding to a multiple change nothing for a causal encoder); the
+    last after the final layer norm when `final_layer_norm` and the layers are pre-LN."""
+    if not encoder.layer_norm_first:
+        x = encoder.layer_norm(x)
+    hidden = [x]
+    for layer, state in zip(layers, states):
+        hidden.append(causal_layer_chunk(layer, hidden[-1], state))
+    if encoder.layer_norm_first and final_layer_norm:
+        hidden[-1] = encoder.layer_norm(hidden[-1])
+    return hidden
 
 
 class StreamingEncoder:
@@ -120,23 +143,31 @@ class StreamingEncoder:
             tensors[f"layer{index}.ssm"] = state.ssm
         return tensors
 
-    @torch.no_grad()
     def push(self, audio_chunk: torch.Tensor) -> torch.Tensor:
         """audio_chunk: (num_samples,) float at the model's sample rate -> the new frames (new_frames, dim)."""
+        return self.push_hidden_states(audio_chunk)[-1]
+
+    @torch.no_grad()
+    def push_hidden_states(self, audio_chunk: torch.Tensor) -> list[torch.Tensor]:
+        """`push`, returning the new frames of every hidden state: [encoder input, output of layer 1, ..., the
+        output], each (new_frames, dim), the states `MambaHubertAsr`'s weighted sum reads."""
         if audio_chunk.dim() != 1:
             raise ValueError(f"push takes one channel of samples (num_samples,), got shape {tuple(audio_chunk.shape)}")
         self._samples = torch.cat([self._samples, audio_chunk.to(self._samples.dtype)])
         self._num_samples += audio_chunk.numel()
         new_frames = conv_output_length(self._num_samples, self.conv_layers) - self._frames_emitted
         if new_frames <= 0:
-            return self._samples.new_zeros(0, self.dim)
+            return [self._samples.new_zeros(0, self.dim)] * (len(self.layers) + 1)
         # Frame k reads samples [hop k, hop k + window): exactly this segment gives the new frames.
         segment = self._samples[: (new_frames - 1) * self.hop + self.window]
         features = self.model.feature_extractor(segment.unsqueeze(0)).transpose(1, 2)
-        out = self._encode(features)
+        x = self.model.layer_norm(features)
+        if self.model.post_extract_proj is not None:
+            x = self.model.post_extract_proj(x)
+        hidden = encoder_chunk(self.model.encoder, self.layers, x, self._states, self.output_layer is None)
         self._samples = self._samples[new_frames * self.hop :].clone()
         self._frames_emitted += new_frames
-        return out[0]
+        return [h[0] for h in hidden]
 
     @torch.no_grad()
     def flush(self) -> torch.Tensor:
@@ -145,21 +176,55 @@ class StreamingEncoder:
         self.reset()
         return self._samples.new_zeros(0, self.dim)
 
-    def _encode(self, features: torch.Tensor) -> torch.Tensor:
-        """CNN frames (1, T, C) -> encoder output (1, T, dim), as HubertModel.forward and fairseq's
-        TransformerEncoder compute it in eval mode (the zero positional conv and the padding to an even length
-        change nothing for a causal model)."""
-        model, encoder = self.model, self.model.encoder
-        x = model.layer_norm(features)
-        if model.post_extract_proj is not None:
-            x = model.post_extract_proj(x)
-        if not encoder.layer_norm_first:
-            x = encoder.layer_norm(x)
-        for index, layer in enumerate(self.layers):
-            x = causal_layer_chunk(layer, x, self._states[index])
-        if encoder.layer_norm_first and self.output_layer is None:
-            x = encoder.layer_norm(x)
-        return x
+
+class StreamingCtc:
+    """A fine-tuned CTC model on audio that arrives in chunks: fairseq's `hubert_ctc` on a causal mamba_hubert, or a
+    `mamba_hubert_asr` whose upstream layer or weighted sum feeds a causal head (`head_layer_type=mamba` or
+    `mamba2`, `head_conv_pos=0`). `push(chunk)` returns the CTC logits (new_frames, vocabulary) of the frames that
+    chunk completes: concatenated, the model's offline logits of the whole audio, to float rounding."""
+
+    def __init__(self, model: nn.Module) -> None:
+        encoder = model.w2v_encoder
+        self.encoder = encoder
+        self.upstream = StreamingEncoder(encoder.w2v_model, getattr(encoder, "upstream_layer", None))
+        self.layer_weights = getattr(encoder, "layer_weights", None)
+        self.head = getattr(encoder, "head", None)
+        if self.head is not None:
+            if self.head.training:
+                raise NotStreamableError("call model.eval() first: dropout makes chunked and offline outputs differ")
+            check_causal_encoder(self.head, "head", "model.head_")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next `push` starts a new one."""
+        self.upstream.reset()
+        if self.head is not None:
+            self._head_states = [layer.mixer.allocate_state(1) for layer in self.head.layers]
+
+    @torch.no_grad()
+    def push(self, audio_chunk: torch.Tensor) -> torch.Tensor:
+        """audio_chunk: (num_samples,) -> the logits of the new frames (new_frames, vocabulary)."""
+        if self.layer_weights is None:
+            x = self.upstream.push(audio_chunk)
+        else:  # UpstreamHeadEncoder's weighted sum, frame by frame
+            hidden = self.upstream.push_hidden_states(audio_chunk)
+            weights = F.softmax(self.layer_weights, 0).to(hidden[0].dtype)
+            x = torch.einsum("l,ltc->tc", weights, torch.stack(hidden))
+        if not len(x):  # the chunk completed no frame
+            return self._no_frames()
+        if self.head is not None:
+            x = encoder_chunk(self.head, list(self.head.layers), self.encoder.head_proj(x)[None], self._head_states,
+                              True)[-1][0]
+        return self.encoder.proj(x)
+
+    def flush(self) -> torch.Tensor:
+        """End the stream (no frames are pending: nothing looks ahead) and reset for the next one."""
+        self.reset()
+        return self._no_frames()
+
+    def _no_frames(self) -> torch.Tensor:
+        """No frames: (0, vocabulary)."""
+        return self.encoder.proj.weight.new_zeros(0, self.encoder.proj.out_features)
 
 
 def stream(

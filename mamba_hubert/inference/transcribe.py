@@ -6,10 +6,10 @@
 Prints `path<TAB>text` per file on stdout, or with --json one JSON object per file: path, text and the words of the
 greedy CTC alignment with their start and end in seconds. Decoding is the task's own generator (what fairseq-generate uses):
 greedy CTC, or a lexicon + KenLM beam search with its defaults; the text is what fairseq-generate prints with
-`--post-process letter`. With --stream a causal hubert_ctc model reads each file in chunks (StreamingEncoder), the
-greedy partial hypothesis printed to stderr as it grows, and the latency per chunk and real-time factor at the end;
-its final text is the offline one. Offline, files longer than 30 s go through `extract_features_long` (bounded
-memory) when the model is a hubert_ctc on a mamba_hubert upstream.
+`--post-process letter`. With --stream a causal model (hubert_ctc on a causal mamba_hubert, or mamba_hubert_asr with a
+causal head) reads each file in chunks (StreamingCtc), the greedy partial hypothesis printed to stderr as it grows,
+and the latency per chunk and real-time factor at the end; its final text is the offline one. Offline, files longer
+than 30 s go through the long-form path (`ctc_logits_long`, bounded memory) when the upstream is a mamba_hubert.
 """
 
 import argparse
@@ -30,14 +30,13 @@ from fairseq.models.hubert import HubertCtc
 
 import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
 from mamba_hubert.command_line import UsageError, one_line_errors, warnings_only
-from mamba_hubert.inference.long_form import extract_features_long
-from mamba_hubert.inference.streaming import NotStreamableError, StreamingEncoder
+from mamba_hubert.inference.long_form import ctc_logits_long
+from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
 from mamba_hubert.models.frames import receptive_field
 from mamba_hubert.models.mamba_hubert import MambaHubertModel
-from mamba_hubert.models.mamba_hubert_asr import UpstreamHeadEncoder
+from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 
 LONG_FORM_SECONDS = 30.0
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 
 
 class Transcriber:
@@ -86,13 +85,11 @@ class Transcriber:
 
     def log_probs(self, audio: torch.Tensor) -> torch.Tensor:
         """The model's (T, V) CTC log-probabilities for one utterance; past LONG_FORM_SECONDS in bounded memory where
-        the model allows (a linear head on a mamba_hubert upstream)."""
-        upstream = self.model.w2v_encoder.w2v_model
-        if (len(audio) > LONG_FORM_SECONDS * self.sample_rate and isinstance(upstream, MambaHubertModel)
-                and not isinstance(self.model.w2v_encoder, UpstreamHeadEncoder)):
-            with torch.no_grad():
-                logits = self.model.w2v_encoder.proj(extract_features_long(upstream, audio, sample_rate=self.sample_rate))
-                return self.model.get_normalized_probs({"encoder_out": logits}, log_probs=True)
+        the upstream is a mamba_hubert (`ctc_logits_long`)."""
+        if (len(audio) > LONG_FORM_SECONDS * self.sample_rate
+                and isinstance(self.model.w2v_encoder.w2v_model, MambaHubertModel)):
+            logits = ctc_logits_long(self.model, audio, sample_rate=self.sample_rate)
+            return self.model.get_normalized_probs({"encoder_out": logits}, log_probs=True)
         sample = {"net_input": {"source": audio[None], "padding_mask": torch.zeros(1, len(audio), dtype=torch.bool)}}
         return utterance_log_probs([self.model], sample)[0]
 
@@ -101,20 +98,17 @@ class Transcriber:
         tokens = (decoder or self.decoder).decode(log_probs)["tokens"]
         return self.dictionary.string(tokens.int(), "letter", extra_symbols_to_ignore={self.decoder.eos})
 
-    def streaming_encoder(self, checkpoint: str) -> StreamingEncoder:
-        """The upstream as a StreamingEncoder, or a UsageError saying why this model cannot stream."""
-        if isinstance(self.model.w2v_encoder, UpstreamHeadEncoder):
-            raise UsageError(f"{checkpoint}: --stream needs a hubert_ctc model (a linear CTC head), not "
-                             "mamba_hubert_asr")
+    def streaming_model(self, checkpoint: str) -> StreamingCtc:
+        """The model as a StreamingCtc, or a UsageError saying why it cannot stream."""
         if self.normalize:
             raise UsageError(f"{checkpoint}: trained with task.normalize, which normalises each whole file: it "
                              "cannot stream")
         try:
-            return StreamingEncoder(self.model.w2v_encoder.w2v_model)
+            return StreamingCtc(self.model)
         except NotStreamableError as error:
             raise UsageError(f"{checkpoint}: cannot stream: {error}") from None
 
-    def stream_log_probs(self, encoder: StreamingEncoder, audio: torch.Tensor, chunk_samples: int,
+    def stream_log_probs(self, streaming: StreamingCtc, audio: torch.Tensor, chunk_samples: int,
                          partial: Callable[[str], None]) -> tuple[torch.Tensor, list[float]]:
         """(T, V) log-probabilities of `audio` fed in chunks, and each chunk's latency in seconds; `partial` gets
         the greedy hypothesis whenever it changes."""
@@ -122,14 +116,14 @@ class Transcriber:
         for start in range(0, len(audio), chunk_samples):
             began = time.perf_counter()
             with torch.no_grad():
-                logits = self.model.w2v_encoder.proj(encoder.push(audio[start : start + chunk_samples]))
+                logits = streaming.push(audio[start : start + chunk_samples])
                 pieces.append(self.model.get_normalized_probs({"encoder_out": logits}, log_probs=True))
             text = self.text(torch.cat(pieces), self.greedy)
             latencies.append(time.perf_counter() - began)
             if text != shown:
                 partial(text)
                 shown = text
-        encoder.flush()
+        streaming.flush()
         return torch.cat(pieces), latencies
 
 
@@ -165,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lexicon", help="lexicon ('WORD\\tW O R D |' lines) for beam search; needs --lm")
     parser.add_argument("--lm", help="KenLM model (ARPA or binary) for beam search; needs --lexicon")
     parser.add_argument("--json", action="store_true", help="per file a JSON line: text and word timings")
-    parser.add_argument("--stream", action="store_true", help="feed each file in chunks (causal hubert_ctc models)")
+    parser.add_argument("--stream", action="store_true", help="feed each file in chunks (causal models)")
     parser.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length with --stream")
     args = parser.parse_args(argv)
     if args.chunk_ms <= 0:
@@ -177,16 +171,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             if path is not None and not os.path.isfile(path):
                 raise UsageError(f"{path}: no such file")
         transcriber = Transcriber(args.checkpoint, args.lexicon, args.lm)
-        encoder = transcriber.streaming_encoder(args.checkpoint) if args.stream else None
+        streaming = transcriber.streaming_model(args.checkpoint) if args.stream else None
         chunk_samples = max(1, round(args.chunk_ms * transcriber.sample_rate / 1000))
         latencies, audio_seconds = [], 0.0
         for path in args.audio:
             audio = transcriber.read_audio(path)
-            if encoder is None:
+            if streaming is None:
                 log_probs = transcriber.log_probs(audio)
             else:
                 log_probs, file_latencies = transcriber.stream_log_probs(
-                    encoder, audio, chunk_samples, lambda text, path=path: print(f"{path}\t... {text}", file=sys.stderr))
+                    streaming, audio, chunk_samples, lambda text, path=path: print(f"{path}\t... {text}", file=sys.stderr))
                 latencies += file_latencies
                 audio_seconds += len(audio) / transcriber.sample_rate
             text = transcriber.text(log_probs)

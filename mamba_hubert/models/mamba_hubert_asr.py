@@ -60,6 +60,9 @@ class MambaHubertAsrConfig(HubertCtcConfig):
         default=31, metadata={"help": "conv module kernel of conformer / conbimamba head layers"})
     head_mamba_d_state: int = field(default=16, metadata={"help": "SSM state size of Mamba head layers"})
     head_mamba_expand: float = field(default=2, metadata={"help": "expansion of Mamba head layers"})
+    head_mamba_headdim: int = field(default=64, metadata={"help": "channels per SSD head of mamba2 head layers"})
+    head_mamba_ngroups: int = field(default=1, metadata={"help": "groups of SSD heads sharing B and C (mamba2)"})
+    head_mamba_chunk_size: int = field(default=256, metadata={"help": "SSD scan chunk length of mamba2 head layers"})
     head_bimamba_fusion: ChoiceEnum(BIMAMBA_FUSIONS) = field(
         default="concat", metadata={"help": "fusion of bidirectional Mamba head layers"})
     head_mamba_init: ChoiceEnum(MAMBA_INITS) = field(
@@ -74,7 +77,8 @@ def head_encoder_config(cfg: MambaHubertAsrConfig) -> EncoderConfig:
         dropout=cfg.head_dropout, attention_dropout=cfg.head_dropout, activation_dropout=cfg.head_dropout,
         conv_pos=cfg.head_conv_pos, conv_pos_groups=cfg.head_conv_pos_groups,
         depthwise_conv_kernel_size=cfg.head_depthwise_conv_kernel_size, mamba_d_state=cfg.head_mamba_d_state,
-        mamba_expand=cfg.head_mamba_expand, bimamba_fusion=cfg.head_bimamba_fusion, mamba_init=cfg.head_mamba_init)
+        mamba_expand=cfg.head_mamba_expand, mamba_headdim=cfg.head_mamba_headdim, mamba_ngroups=cfg.head_mamba_ngroups,
+        mamba_chunk_size=cfg.head_mamba_chunk_size, bimamba_fusion=cfg.head_bimamba_fusion, mamba_init=cfg.head_mamba_init)
 
 
 class UpstreamHeadEncoder(HubertEncoder):
