@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+from collections.abc import Sequence
 
 from fairseq.data import Dictionary
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
@@ -14,10 +15,11 @@ from mamba_hubert.models.mamba_hubert import MambaHubertConfig, MambaHubertModel
 DEFAULT_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "config", "pretrain")
 
 
-def build_from_config(config_dir: str, config_name: str, num_classes: int) -> MambaHubertModel:
-    """The pretraining model a `fairseq-hydra-train --config-name config_name` run starts from."""
+def build_from_config(config_dir: str, config_name: str, num_classes: int,
+                      overrides: Sequence[str] = ()) -> MambaHubertModel:
+    """The pretraining model a `fairseq-hydra-train --config-name config_name [overrides]` run starts from."""
     with initialize_config_dir(config_dir=os.path.abspath(config_dir), version_base=None):
-        cfg = compose(config_name=config_name)
+        cfg = compose(config_name=config_name, overrides=list(overrides))
     model_cfg = OmegaConf.merge(OmegaConf.structured(MambaHubertConfig), cfg.model)
     model_cfg.label_rate = cfg.task.label_rate
     task_cfg = HubertPretrainingConfig(data="unused", label_rate=cfg.task.label_rate)

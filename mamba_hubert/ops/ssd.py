@@ -89,6 +89,7 @@ def ssd_scan_chunked(
     form, across chunks a recurrence on the state at chunk boundaries; O(L chunk_size) work, parallel in time."""
     xs, dt, A, B, C, dtype = _prepare(x, dt, A, B, C, dt_bias, dt_softplus)
     batch, length, nheads, headdim = x.shape
+    chunk_size = max(1, min(chunk_size, length))  # a shorter input (a streamed chunk) would be padded for nothing
     chunks = -(-length // chunk_size)
     pad = chunks * chunk_size - length
     # Zero dt on the padded tail: decay 1 and no input, so the final state is the state after the last real step.
