@@ -52,3 +52,16 @@ def test_reconstruction_configs_build(name, millions):
     model = SpectrumReconstructionModel(model_cfg)
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.005)
     assert cfg.task._name == cfg.criterion._name == "spectrum_reconstruction"
+
+
+def test_streaming_config_builds_a_model_that_streams():
+    """tiny_mamba2_streaming: tiny_mamba2's values, with streaming/causal's merged last (tiny_base's positional conv
+    and default extractor would otherwise win), so StreamingEncoder takes the model."""
+    from mamba_hubert.inference.streaming import StreamingEncoder
+    from mamba_hubert.models.param_count import build_from_config
+
+    with initialize_config_dir(config_dir=os.path.abspath(DEFAULT_CONFIG_DIR), version_base=None):
+        cfg = compose_config(config_name="tiny_mamba2_streaming")
+    assert cfg.model.layer_type == "mamba2" and list(cfg.optimization.lr) == [0.005]
+    assert cfg.model.conv_pos == 0 and cfg.model.extractor_mode == "fbank"
+    StreamingEncoder(build_from_config(DEFAULT_CONFIG_DIR, "tiny_mamba2_streaming", 10).eval())

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import soxr
@@ -304,3 +305,66 @@ def test_a_fine_tuned_causal_head_streams_from_the_command_line(run, asr_run, ca
     streamed, _ = transcriber.stream_log_probs(transcriber.streaming_model(checkpoint), audio, 16 * int(chunk_ms),
                                                lambda text: None)
     torch.testing.assert_close(streamed, transcriber.log_probs(audio), rtol=1e-4, atol=1e-4)
+
+
+def test_multi_channel_audio_is_refused(run, capsys, tmp_path):
+    wav, rate = sf.read(run / "tones" / "wav" / "valid0.wav", dtype="float32")
+    sf.write(tmp_path / "stereo.wav", np.stack([wav, wav], axis=1), rate)
+    message = error_line(capsys, str(run / "ft" / "checkpoint_last.pt"), str(tmp_path / "stereo.wav"))
+    assert f"{tmp_path / 'stereo.wav'}: 2 channels; the model reads one" in message
+
+
+def test_a_model_trained_on_normalised_audio_reads_it_normalised_and_cannot_stream(run):
+    """task.normalize as the checkpoint's task config carries it (setting it on this causal fixture is cheaper than
+    pretraining and fine-tuning a second chain): each file is normalised as a whole, as fairseq's HubertDataset does,
+    which a stream cannot do."""
+    checkpoint = str(run / "ft" / "checkpoint_last.pt")
+    transcriber = transcribe.Transcriber(checkpoint)
+    transcriber.normalize = True
+    audio = transcriber.read_audio(str(run / "tones" / "wav" / "valid0.wav"))
+    assert abs(audio.mean().item()) < 1e-5 and audio.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(transcribe.UsageError, match="trained with task.normalize, which normalises each whole file"):
+        transcriber.streaming_model(checkpoint)
+
+
+# A fresh process, so that its peak resident set (VmHWM, reset through /proc/self/clear_refs) is its own.
+_MEMORY_PROBE = """
+import json, sys
+import torch
+from mamba_hubert.inference import transcribe
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+torch.set_num_threads(1)
+checkpoint, short_file, *files = sys.argv[1:]
+transcribe.main([checkpoint, short_file])  # warm-up: libraries, kernels, allocator
+growth = {}
+for path in files:
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    transcribe.main([checkpoint, path])
+    growth[path] = status("VmHWM") - before
+print(json.dumps(growth))
+"""
+
+
+def test_a_ten_minute_file_transcribes_in_bounded_memory(run, tmp_path):
+    """The whole command on 1 and 10 minutes of audio: the 10-minute file (the audio alone is 38 MB of float32) costs
+    little more than the 1-minute one, through the long-form path."""
+    pieces = [sf.read(run / "tones" / "wav" / f"valid{i}.wav", dtype="float32")[0] for i in range(3)]
+    files = {}
+    for minutes in (1, 10):
+        repeats = -(-minutes * 60 * 16000 // sum(map(len, pieces)))
+        files[minutes] = tmp_path / f"{minutes}min.flac"
+        sf.write(files[minutes], np.concatenate(pieces * repeats)[: minutes * 60 * 16000], 16000)
+    result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(run / "ft" / "checkpoint_last.pt"),
+                             str(run / "tones" / "wav" / "valid0.wav"), str(files[1]), str(files[10])],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth = json.loads(result.stdout.strip().splitlines()[-1])
+    one, ten = growth[str(files[1])], growth[str(files[10])]
+    assert ten < 300e6, growth
+    assert ten < one + 150e6, growth  # 10x the audio, far from 10x the memory
