@@ -24,7 +24,8 @@ def test_refuses_a_corpus_built_with_other_settings(tmp_path, minutes, seed):
 
 def test_report_states_each_models_pretraining_updates(tmp_path):
     results = {"Mamba-HuBERT (ConBiMamba)": {"config": "tiny_conbimamba", "params": 1.6e6, "test_wer": 80.0,
-                                             "test_wer_lm": 60.0, "valid_uer": 35.0},
+                                             "test_wer_lm": 60.0, "valid_uer": 35.0,
+                                             "transcribe_agreement": {"greedy": [146, 146], "lm": [145, 146]}},
                "Mamba-HuBERT (ExtBiMamba)": {"config": "tiny_ext_bimamba", "params": 1.6e6}}
     corpus = {"splits": {"train": {"utterances": 10, "minutes": 1.0}},
               "lm": {"sentences": 5, "lexicon_words": 9, "test_oov_percent": 1.0}}
@@ -33,6 +34,8 @@ def test_report_states_each_models_pretraining_updates(tmp_path):
     report = write_report(*args, 2000, 1000, 1500, 100).read_text()
     assert "Pretraining: 2000 updates (`tiny_ext_bimamba`, pretrained only for the MI comparison: 1000)" in report
     assert "Pretraining: 2000 updates;" in write_report(*args, 2000, 2000, 1500, 100).read_text()
+    assert ("printed fairseq-generate's words for Mamba-HuBERT (ConBiMamba): 146/146 greedy, 145/146 with the "
+            "lexicon + LM files.") in report
 
 
 def test_run_jobs_follows_dependencies_and_the_worker_limit():

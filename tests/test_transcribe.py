@@ -19,6 +19,7 @@ from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hy
 from mamba_hubert.inference import transcribe
 from mamba_hubert.inference.long_form import ctc_logits_long
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
+from mamba_hubert.tasks import ctc_decoding
 from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, utterance_log_probs
 from tests.conftest import SMALL_HEAD, build_asr_model
 from tests.fairseq_runs import (
@@ -92,6 +93,12 @@ def test_missing_and_unreadable_files_are_one_line(run, capsys, tmp_path):
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"not audio at all" * 10)
     assert f"{garbage}: not readable audio" in error_line(capsys, checkpoint, str(garbage))
+
+
+def test_beam_options_without_a_beam_search_are_refused(run, capsys):
+    message = error_line(capsys, str(run / "ft" / "checkpoint_last.pt"), str(run / "tones" / "wav" / "valid0.wav"),
+                         "--word-score", "0")
+    assert "--word-score: for the beam search, which needs --lexicon and --lm" in message
 
 
 def test_pretraining_checkpoint_is_refused(run, capsys):
@@ -190,21 +197,40 @@ def test_long_files_go_through_the_long_form_encoder(run, monkeypatch):
     assert calls == [1]  # shorter files: the plain forward
 
 
-def test_lexicon_and_lm_text_is_fairseq_generates(run, capsys):
+@pytest.mark.parametrize("options", [{}, {"lm-weight": "0.5", "word-score": "3", "beam": "10"}],
+                         ids=["defaults", "lm_weight_word_score_beam"])
+def test_lexicon_and_lm_text_is_fairseq_generates(run, capsys, options):
     pytest.importorskip("flashlight.lib.text.decoder", reason="flashlight-text (lexicon/KenLM decoding) is not installed")
     if not any(shutil.which(path) for path in TLM_PATHS):
         pytest.skip("IRSTLM (the LM builder) is not installed: apt-get install irstlm")
     corpus, checkpoint = run / "tones", run / "ft" / "checkpoint_last.pt"
     lexicon = write_lexicon({letter * 2: letter * 2 for letter in "ABCDE"}, run / "lexicon.txt")
     lm = write_lm(["AA BB", "CC DD EE", "AA"], run / "lm.arpa")
-    generate_wer(corpus, corpus, checkpoint, "valid", run / "decode_lm", threads=1,
-                 decoder_args=["--ctc-lexicon", str(lexicon), "--ctc-lm", str(lm)])
-    lines = generation_results(run / "decode_lm", "valid").read_text().splitlines()
+    results = run / f"decode_lm_{len(options)}"
+    generate_wer(corpus, corpus, checkpoint, "valid", results, threads=1,
+                 decoder_args=["--ctc-lexicon", str(lexicon), "--ctc-lm", str(lm),
+                               *(item for name, value in options.items() for item in (f"--ctc-{name}", value))])
+    lines = generation_results(results, "valid").read_text().splitlines()
     hypotheses = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in lines if line.startswith("D-")}
     wavs = [str(corpus / line.split("\t")[0]) for line in (corpus / "valid.tsv").read_text().splitlines()[1:]]
-    printed = transcribe_lines(capsys, str(checkpoint), *wavs, "--lexicon", str(lexicon), "--lm", str(lm))
+    printed = transcribe_lines(capsys, str(checkpoint), *wavs, "--lexicon", str(lexicon), "--lm", str(lm),
+                               *(item for name, value in options.items() for item in (f"--{name}", value)))
     assert [printed[wav] for wav in wavs] == [hypotheses[i] for i in range(len(wavs))]
     assert any(hypotheses.values())
+
+
+def test_beam_options_reach_the_decoder(run, monkeypatch):
+    """The fixture model's text hardly depends on the options, so the test above would also pass without them: the
+    decoder the task builds must get them."""
+    built = []
+    original = ctc_decoding.CTCLexiconDecoder.__init__
+    monkeypatch.setattr(ctc_decoding.CTCLexiconDecoder, "__init__",
+                        lambda self, *args, **kwargs: built.append(kwargs) or original(self, *args, **kwargs))
+    lexicon = write_lexicon({"AA": "AA"}, run / "lexicon_options.txt")
+    lm = write_lm(["AA"], run / "lm_options.arpa")
+    transcribe.Transcriber(str(run / "ft" / "checkpoint_last.pt"), str(lexicon), str(lm),
+                           {"ctc_lm_weight": 0.5, "ctc_word_score": 3.0, "ctc_beam": 10, "ctc_beam_threshold": 7.0})
+    assert [(b["lm_weight"], b["word_score"], b["beam"], b["beam_threshold"]) for b in built] == [(0.5, 3.0, 10, 7.0)]
 
 
 # mamba_hubert_asr heads on the causal upstream that stream: Mamba-2 layers on the SUPERB weighted sum of a frozen

@@ -15,7 +15,7 @@ from mamba_hubert.data.corpus import build_corpus
 from mamba_hubert.data.kmeans import run_kmeans
 from mamba_hubert.data.mfcc import dump_mfcc
 from mamba_hubert.data.ngram_lm import build_arpa
-from mamba_hubert.demo.fairseq_tools import generate_wer, run_console_script
+from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, run_console_script
 
 logger = logging.getLogger("mamba_hubert.demo")
 SPLITS = ("train", "valid", "test")
@@ -69,6 +69,7 @@ class DemoData:
     corpus: Path
     labels: Path
     lm_decoding: tuple[str, ...]
+    transcribe_lm: tuple[str, ...]  # the same beam search in mamba-hubert-transcribe's flags
 
 
 def prepare_data(out: Path, minutes: float, seed: int, clusters: int, jobs: int, times: dict[str, float]) -> DemoData:
@@ -99,7 +100,9 @@ def prepare_data(out: Path, minutes: float, seed: int, clusters: int, jobs: int,
     lm = timed(times, "3-gram LM (IRSTLM)", build_arpa, corpus / "lm.txt", corpus / "lm.arpa")
     lm_decoding = ("--ctc-lexicon", str(corpus / "lexicon.txt"), "--ctc-lm", str(lm), "--ctc-lm-weight",
                    f"{LM_WEIGHT:g}", "--ctc-word-score", f"{WORD_SCORE:g}")
-    return DemoData(corpus, labels, lm_decoding)
+    transcribe_lm = ("--lexicon", str(corpus / "lexicon.txt"), "--lm", str(lm), "--lm-weight", f"{LM_WEIGHT:g}",
+                     "--word-score", f"{WORD_SCORE:g}")
+    return DemoData(corpus, labels, lm_decoding, transcribe_lm)
 
 
 def decode_test(data: DemoData, checkpoint: Path, model_dir: Path, echo: Callable[[str], None],
@@ -110,6 +113,24 @@ def decode_test(data: DemoData, checkpoint: Path, model_dir: Path, echo: Callabl
     wer_lm = timed(times, f"decode {name} with lexicon + LM", generate_wer, data.corpus, data.corpus, checkpoint,
                    "test", model_dir / "decode_lm", echo, 1, data.lm_decoding)
     return wer, wer_lm
+
+
+def transcribe_agreement(data: DemoData, checkpoint: Path, model_dir: Path, times: dict[str, float],
+                         name: str) -> dict[str, list[int]]:
+    """`mamba-hubert-transcribe` on every test file, greedy and with the lexicon + LM: how many of its lines print
+    the words fairseq-generate decoded (`decode_test`'s results), {"greedy": [same, files], "lm": [...]}."""
+    wavs = [str(data.corpus / line.split("\t")[0])
+            for line in (data.corpus / "test.tsv").read_text().splitlines()[1:]]
+    agreement = {}
+    for kind, flags in (("greedy", ()), ("lm", data.transcribe_lm)):
+        results = generation_results(model_dir / f"decode_{kind}", "test").read_text().splitlines()
+        decoded = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in results if line.startswith("D-")}
+        printed = timed(times, f"transcribe {name} ({kind})", run_console_script,
+                        ["mamba-hubert-transcribe", str(checkpoint), *wavs, *flags],
+                        model_dir / f"transcribe_{kind}.log", None, 1)
+        texts = dict(line.split("\t", 1) for line in printed.splitlines() if "\t" in line and line.split("\t")[0] in wavs)
+        agreement[kind] = [sum(texts.get(wav) == decoded[i] for i, wav in enumerate(wavs)), len(wavs)]
+    return agreement
 
 
 def layerwise_mi_of(checkpoint: Path, name: str, part_dir: Path, data_args: Sequence[str],

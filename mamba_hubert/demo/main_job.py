@@ -27,6 +27,7 @@ from mamba_hubert.demo.common import (
     read_metrics,
     run_jobs,
     timed,
+    transcribe_agreement,
 )
 from mamba_hubert.demo.fairseq_tools import hydra_train
 from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters
@@ -98,7 +99,9 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
         wer, wer_lm = decode_test(data, out / "models" / config / "finetune" / "checkpoint_best.pt",
                                   out / "models" / config, prefixed(config), times, config)
         log(f"{title}: test WER {wer:.2f}% greedy, {wer_lm:.2f}% with lexicon + LM")
-        return {"test_wer": wer, "test_wer_lm": wer_lm}
+        agreement = transcribe_agreement(data, out / "models" / config / "finetune" / "checkpoint_best.pt",
+                                         out / "models" / config, times, config)
+        return {"test_wer": wer, "test_wer_lm": wer_lm, "transcribe_agreement": agreement}
 
     def analyse(name: str, checkpoint: Path, part: str) -> dict:
         return layerwise_mi_of(checkpoint, name, out / "mi" / "parts" / part, mi_args, times)
@@ -135,8 +138,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
             chain.update(done[f"fine-tune {config}"], **done[f"decode {config}"])
             finetune_curves[title] = chain["finetune_curves"]
         pretrain_curves[title] = chain["pretrain_curves"]
-        results[title] = {"config": config, **{k: chain[k] for k in ("params", "test_wer", "test_wer_lm", "valid_uer")
-                                               if k in chain}}
+        results[title] = {"config": config, **{k: chain[k] for k in ("params", "test_wer", "test_wer_lm", "valid_uer",
+                                                                     "transcribe_agreement") if k in chain}}
         if finetuned:
             results[title]["checkpoint"] = str(chain["checkpoint"])
     mi = merge_mi_parts({name: done[f"MI {name}"] for name in mi_order})
@@ -184,6 +187,12 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
         else:
             scores = "(pretrained only) | - | -"
         lines.append(f"| {title} | `{r['config']}` | {r['params'] / 1e6:.2f} M | {scores} |")
+    agreements = [f"{title}: {r['transcribe_agreement']['greedy'][0]}/{r['transcribe_agreement']['greedy'][1]} "
+                  f"greedy, {r['transcribe_agreement']['lm'][0]}/{r['transcribe_agreement']['lm'][1]} with the "
+                  "lexicon + LM" for title, r in results.items() if "transcribe_agreement" in r]
+    if agreements:
+        lines += ["", ("`mamba-hubert-transcribe` on the same test files (the same checkpoint and decoder settings) "
+                       f"printed fairseq-generate's words for {'; '.join(agreements)} files.")]
     lines += ["", "## Training curves", "", "![pretraining loss](pretrain_loss.png)",
               "![CTC loss](finetune_loss.png)",
               "![valid letter error rate](finetune_valid_uer.png)", "![valid WER](finetune_valid_wer.png)", "",

@@ -1,12 +1,13 @@
 """`mamba-hubert-transcribe`: the text of audio files, by a fine-tuned CTC checkpoint (hubert_ctc, mamba_hubert_asr).
 
-    mamba-hubert-transcribe CHECKPOINT a.wav b.flac [--lexicon lexicon.txt --lm lm.arpa] [--json]
+    mamba-hubert-transcribe CHECKPOINT a.wav b.flac [--lexicon lexicon.txt --lm lm.arpa [--lm-weight 2
+        --word-score -1 --beam 50 --beam-threshold 25]] [--json]
     mamba-hubert-transcribe CHECKPOINT a.wav --stream --chunk-ms 100
 
 Prints `path<TAB>text` per file on stdout, or with --json one JSON object per file: path, text and the words of the
-greedy CTC alignment with their start and end in seconds. Decoding is the task's own generator (what fairseq-generate uses):
-greedy CTC, or a lexicon + KenLM beam search with its defaults; the text is what fairseq-generate prints with
-`--post-process letter`. With --stream a causal model (hubert_ctc on a causal mamba_hubert, or mamba_hubert_asr with a
+greedy CTC alignment with their start and end in seconds. Decoding is the task's own generator (what
+fairseq-generate uses): greedy CTC, or a lexicon + KenLM beam search (options and defaults those of fairseq-generate's
+`--ctc-*` flags); the text is what fairseq-generate prints with `--post-process letter`. With --stream a causal model (hubert_ctc on a causal mamba_hubert, or mamba_hubert_asr with a
 causal head) reads each file in chunks (StreamingCtc), the greedy partial hypothesis printed to stderr as it grows,
 and the latency per chunk and real-time factor at the end; its final text is the offline one. Offline, files longer
 than 30 s go through the long-form path (`ctc_logits_long`, bounded memory) when the upstream is a mamba_hubert.
@@ -42,7 +43,8 @@ LONG_FORM_SECONDS = 30.0
 class Transcriber:
     """A fine-tuned CTC model, its task's decoder and the audio conventions it was trained with."""
 
-    def __init__(self, checkpoint: str, lexicon: str | None = None, lm: str | None = None) -> None:
+    def __init__(self, checkpoint: str, lexicon: str | None = None, lm: str | None = None,
+                 beam_options: dict[str, float] | None = None) -> None:
         if not os.path.isfile(checkpoint):
             raise UsageError(f"{checkpoint}: no such checkpoint")
         with warnings_only("fairseq"):
@@ -53,6 +55,8 @@ class Transcriber:
                              "CTC model (hubert_ctc, mamba_hubert_asr): fine-tune it first")
         # The task's generator, so decoder classes and defaults are fairseq-generate's.
         task.cfg.ctc_lexicon, task.cfg.ctc_lm = lexicon, lm
+        for name, value in (beam_options or {}).items():  # ctc_lm_weight, ...: fairseq-generate's --ctc-* flags
+            setattr(task.cfg, name, value)
         self.decoder: CTCGreedyDecoder | CTCLexiconDecoder = task.build_generator([self.model], None)
         self.dictionary = task.target_dictionary
         self.sample_rate: int = task.cfg.sample_rate
@@ -158,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("audio", nargs="+", help="wav or flac files")
     parser.add_argument("--lexicon", help="lexicon ('WORD\\tW O R D |' lines) for beam search; needs --lm")
     parser.add_argument("--lm", help="KenLM model (ARPA or binary) for beam search; needs --lexicon")
+    # the task's --ctc-* options of fairseq-generate (None: the task's default)
+    parser.add_argument("--lm-weight", type=float, help="weight of the LM log-prob (fairseq-generate --ctc-lm-weight)")
+    parser.add_argument("--word-score", type=float, help="score added per word (--ctc-word-score)")
+    parser.add_argument("--beam", type=int, help="hypotheses kept per frame (--ctc-beam)")
+    parser.add_argument("--beam-threshold", type=float, help="beam pruning threshold (--ctc-beam-threshold)")
     parser.add_argument("--json", action="store_true", help="per file a JSON line: text and word timings")
     parser.add_argument("--stream", action="store_true", help="feed each file in chunks (causal models)")
     parser.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length with --stream")
@@ -170,7 +179,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for path in (args.lexicon, args.lm, *args.audio):
             if path is not None and not os.path.isfile(path):
                 raise UsageError(f"{path}: no such file")
-        transcriber = Transcriber(args.checkpoint, args.lexicon, args.lm)
+        beam_options = {f"ctc_{name}": value for name, value in (
+            ("lm_weight", args.lm_weight), ("word_score", args.word_score), ("beam", args.beam),
+            ("beam_threshold", args.beam_threshold)) if value is not None}
+        if beam_options and args.lm is None:
+            raise UsageError(f"{', '.join('--' + k[4:].replace('_', '-') for k in beam_options)}: for the beam "
+                             "search, which needs --lexicon and --lm")
+        transcriber = Transcriber(args.checkpoint, args.lexicon, args.lm, beam_options)
         streaming = transcriber.streaming_model(args.checkpoint) if args.stream else None
         chunk_samples = max(1, round(args.chunk_ms * transcriber.sample_rate / 1000))
         latencies, audio_seconds = [], 0.0
