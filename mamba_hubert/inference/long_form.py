@@ -151,16 +151,13 @@ def _inn_bimamba_long(block: InnBiMamba, x: torch.Tensor, chunk: int) -> torch.T
     state = block.allocate_state(batch)
     for start in starts:
         hidden, gate = block.in_proj(x[:, start : start + chunk]).transpose(1, 2).chunk(2, dim=1)
-        forward_y[..., start : start + chunk] = block.scan_branch(
-            hidden, gate, block.conv1d, block.x_proj, block.dt_proj, block.A_log, block.D, state
-        )
+        forward_y[..., start : start + chunk] = block.scan_branch(hidden, gate, *block.direction_parameters(False),
+                                                                  state)
     out = torch.empty_like(x)
     state = block.allocate_state(batch)
     for start in reversed(starts):
         hidden, gate = block.in_proj(x[:, start : start + chunk].flip(1)).transpose(1, 2).chunk(2, dim=1)
-        backward_y = block.scan_branch(
-            hidden, gate, block.conv1d_b, block.x_proj_b, block.dt_proj_b, block.A_b_log, block.D_b, state
-        )
+        backward_y = block.scan_branch(hidden, gate, *block.direction_parameters(True), state)
         y = (forward_y[..., start : start + chunk] + backward_y.flip(-1)) / 2
         out[:, start : start + chunk] = block.out_proj(y.transpose(1, 2))
     return out

@@ -94,6 +94,12 @@ class InnBiMamba(Mamba):
     def _x_projections(self) -> list[nn.Linear]:
         return [*super()._x_projections(), self.x_proj_b]
 
+    def direction_parameters(self, backward: bool) -> tuple[nn.Module, ...]:
+        """The conv1d, x_proj, dt_proj, A_log and D of one direction, in `scan_branch`'s argument order."""
+        if backward:
+            return self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
+        return self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D
+
     def forward(
         self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, state: MambaState | None = None
     ) -> torch.Tensor:
@@ -105,15 +111,15 @@ class InnBiMamba(Mamba):
         def reverse(t: torch.Tensor) -> torch.Tensor:  # (b, channels, L) reversed per sequence
             return reverse_padded(t.transpose(1, 2), padding_mask).transpose(1, 2)
 
-        backward_set = (self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+        forward_set, backward_set = self.direction_parameters(False), self.direction_parameters(True)
         fused = fused_mamba_inner(self.scan_impl, x.device)
         if fused is not None:  # out_proj is affine, so averaging after it equals averaging before it
-            out_forward = self._fused_branch(fused, xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+            out_forward = self._fused_branch(fused, xz, *forward_set)
             out_backward = reverse_padded(self._fused_branch(fused, reverse(xz), *backward_set), padding_mask)
             out = (out_forward + out_backward) / 2
         else:
             hidden, gate = xz.chunk(2, dim=1)
-            y_forward = self.scan_branch(hidden, gate, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+            y_forward = self.scan_branch(hidden, gate, *forward_set)
             y_backward = self.scan_branch(reverse(hidden), reverse(gate), *backward_set)
             out = self.out_proj(((y_forward + reverse(y_backward)) / 2).transpose(1, 2))
         return out if padding_mask is None else out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
