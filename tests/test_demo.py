@@ -36,6 +36,14 @@ def test_report_states_each_models_pretraining_updates(tmp_path):
     assert "Pretraining: 2000 updates;" in write_report(*args, 2000, 2000, 1500, 100).read_text()
     assert ("printed fairseq-generate's words for Mamba-HuBERT (ConBiMamba): 146/146 greedy, 145/146 with the "
             "lexicon + LM files.") in report
+    assert "Front end: HuBERT's CNN on the waveform" in report
+    assert "Front end: 80-bin log-mel" in write_report(*args, 2000, 2000, 1500, 100, "fbank").read_text()
+
+
+def test_an_unknown_front_end_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="front_end must be one of"):
+        run_demo(tmp_path, 60.0, pretrain_updates=1, finetune_updates=1, clusters=2, jobs=1, seed=1,
+                 pretrain_only_updates=1, front_end="mfcc")
 
 
 def test_run_jobs_follows_dependencies_and_the_worker_limit():

@@ -144,3 +144,34 @@ def test_hubert_dataset_accepts_the_labels(data, caplog):
         assert (item["label_list"][0] != dictionary.unk()).all()
         batch = dataset.collater([dataset[i] for i in range(min(2, len(dataset)))])
         assert batch["target_list"][0].shape[1] == batch["target_lengths_list"][0].max()
+
+
+def test_labels_subsampled_to_50hz_fit_a_50hz_fbank_model(data, tmp_path, caplog):
+    """The demo's --front-end fbank labels: every other 100 Hz label, one per frame of the log-mel front end at
+    label_rate 50, accepted by fairseq's dataset at that rate."""
+    import torch
+    from fairseq.data import Dictionary
+    from fairseq.data.audio.hubert_dataset import HubertDataset
+    from fairseq.tasks.hubert_pretraining import LabelEncoder
+
+    from tests.conftest import tiny_model
+
+    kmeans.subsample_labels(str(data["labels"]), str(tmp_path), SPLITS, 2)
+    assert (tmp_path / "dict.km.txt").read_text() == (data["labels"] / "dict.km.txt").read_text()
+    model = tiny_model("mamba", extractor_mode="fbank").eval()  # label_rate 50
+    dictionary = Dictionary.load(str(tmp_path / "dict.km.txt"))
+    for split in SPLITS:
+        full = (data["labels"] / f"{split}.km").read_text().splitlines()
+        half = (tmp_path / f"{split}.km").read_text().splitlines()
+        assert [line.split() for line in half] == [line.split()[::2] for line in full]
+        with caplog.at_level(logging.WARNING):
+            dataset = HubertDataset(
+                manifest_path=str(data["corpus"] / f"{split}.tsv"), sample_rate=16000,
+                label_paths=[str(tmp_path / f"{split}.km")], label_rates=[50], pad_list=[dictionary.pad()],
+                eos_list=[dictionary.eos()], label_processors=[LabelEncoder(dictionary)], shuffle=False,
+            )
+        assert "differ too much" not in caplog.text
+        item = dataset[0]
+        with torch.no_grad():
+            frames = model.extract_features(item["source"][None].float())[0].shape[1]
+        assert abs(len(item["label_list"][0]) - frames) <= 1

@@ -80,6 +80,17 @@ def run_kmeans(feat_dir: str, label_dir: str, splits: Sequence[str], n_clusters:
     Path(label_dir, "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(n_clusters)))
 
 
+def subsample_labels(label_dir: str, out_dir: str, splits: Sequence[str], factor: int) -> None:
+    """Every `factor`-th label of each utterance (frames 0, factor, 2 factor, ...), with the dictionary, into out_dir:
+    100 Hz labels for a 50 Hz model (the log-mel front end at label_rate 50), the targets HuBERT itself picks when a
+    50 Hz CNN trains on 100 Hz labels."""
+    os.makedirs(out_dir, exist_ok=True)
+    for split in splits:
+        lines = Path(label_dir, f"{split}.km").read_text().splitlines()
+        Path(out_dir, f"{split}.km").write_text("".join(" ".join(line.split()[::factor]) + "\n" for line in lines))
+    Path(out_dir, "dict.km.txt").write_text(Path(label_dir, "dict.km.txt").read_text())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mamba-hubert-kmeans", description=__doc__.split("\n\n")[0])
     parser.add_argument("--feat-dir", required=True, help="feature shards {split}_{rank}_{nshard}.npy/.len")

@@ -14,8 +14,10 @@ from pathlib import Path
 from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
 from mamba_hubert.analysis.verdict import RULE_SUMMARY
 from mamba_hubert.command_line import setup_logging
+from mamba_hubert.data.kmeans import subsample_labels
 from mamba_hubert.demo.common import (
     LM_WEIGHT,
+    SPLITS,
     WORD_SCORE,
     decode_test,
     layerwise_mi_of,
@@ -63,26 +65,39 @@ def mi_verdict(mi: dict) -> list[str]:
     return lines
 
 
+# The front ends every model of a run shares: HuBERT's CNN on the waveform at 50 Hz (reading every other 100 Hz label),
+# or the log-mel front end subsampled to 50 Hz (labels subsampled alike: the same targets).
+FRONT_ENDS = ("cnn", "fbank")
+
+
 def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates: int, clusters: int,
-             jobs: int, seed: int, pretrain_only_updates: int) -> Path:
+             jobs: int, seed: int, pretrain_only_updates: int, front_end: str = "cnn") -> Path:
     """The whole chain into `out`; models that are only pretrained (for the MI comparison) take
     `pretrain_only_updates`."""
+    if front_end not in FRONT_ENDS:
+        raise ValueError(f"front_end must be one of {FRONT_ENDS}, got {front_end!r}")
     out = out.resolve()
     times: dict[str, float] = {}
     demo_start = time.time()
     data = prepare_data(out, minutes, seed, clusters, jobs, times)
+    labels, front_end_overrides = data.labels, []
+    if front_end == "fbank":
+        labels = out / "labels" / "iter1_50hz"
+        subsample_labels(str(data.labels), str(labels), SPLITS, 2)
+        front_end_overrides = ["model.extractor_mode=fbank", "task.label_rate=50"]
     mi_args = ["--data", str(data.corpus), "--subset", "test", "--max-utterances", "40", "--max-frames", "2500",
                "--mine-iterations", "1500"]  # sized to keep the demo within 30 minutes
 
     def pretrain(title: str, config: str, finetuned: bool) -> dict:
         pretrained = out / "models" / config / "pretrain" / "checkpoint_best.pt"
         text = timed(times, f"pretrain {config}", hydra_train, f"pretrain/{config}", [
-            f"task.data={data.corpus}", f"task.label_dir={data.labels}", f"checkpoint.save_dir={pretrained.parent}",
+            f"task.data={data.corpus}", f"task.label_dir={labels}", f"checkpoint.save_dir={pretrained.parent}",
             f"optimization.max_update={pretrain_updates if finetuned else pretrain_only_updates}",
-            "common.log_format=json", f"common.seed={seed}",
+            "common.log_format=json", f"common.seed={seed}", *front_end_overrides,
         ], out / "models" / config / "pretrain.log", prefixed(config), 1)
         return {"pretrained": pretrained, "pretrain_curves": read_metrics(text),
-                "params": count_parameters(build_from_config(DEFAULT_CONFIG_DIR, config, clusters))["total"]}
+                "params": count_parameters(build_from_config(
+                    DEFAULT_CONFIG_DIR, config, clusters, [f"++{o}" for o in front_end_overrides]))["total"]}
 
     def finetune(config: str) -> dict:
         checkpoint = out / "models" / config / "finetune" / "checkpoint_best.pt"
@@ -150,16 +165,22 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     plot_curves(finetune_curves, "valid_uer", "valid", "valid letter error rate (%)", out / "finetune_valid_uer.png")
     plot_curves(finetune_curves, "valid_wer", "valid", "valid WER (%)", out / "finetune_valid_wer.png")
     (out / "results.json").write_text(
-        json.dumps({"models": results, "wall_seconds": times, "total_seconds": time.time() - demo_start}, indent=2)
-        + "\n")
+        json.dumps({"models": results, "front_end": front_end, "seed": seed, "wall_seconds": times,
+                    "total_seconds": time.time() - demo_start}, indent=2) + "\n")
     report = write_report(out, results, mi, json.loads((data.corpus / "corpus.json").read_text()), times,
-                          time.time() - demo_start, pretrain_updates, pretrain_only_updates, finetune_updates, clusters)
+                          time.time() - demo_start, pretrain_updates, pretrain_only_updates, finetune_updates, clusters,
+                          front_end)
     log(f"report: {report}")
     return report
 
 
+FRONT_END_TEXT = {"cnn": "HuBERT's CNN on the waveform (50 Hz, every other label)",
+                  "fbank": "80-bin log-mel subsampled to 50 Hz by two convs (every other label)"}
+
+
 def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[str, float], total_seconds: float,
-                 pretrain_updates: int, pretrain_only_updates: int, finetune_updates: int, clusters: int) -> Path:
+                 pretrain_updates: int, pretrain_only_updates: int, finetune_updates: int, clusters: int,
+                 front_end: str = "cnn") -> Path:
     splits = ", ".join(f"{s} {v['utterances']} utterances / {v['minutes']} min" for s, v in corpus["splits"].items())
     only = [r["config"] for r in results.values() if "test_wer" not in r]
     if only and pretrain_only_updates != pretrain_updates:
@@ -170,7 +191,8 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
     lines = [
         "# mamba-hubert demo report", "",
         f"Corpus (synthetic TTS speech): {splits}. Test voices and sentences are held out of training.",
-        (f"Labels: k-means ({clusters} clusters) on MFCC at 100 Hz. Pretraining: {pretraining}; "
+        (f"Labels: k-means ({clusters} clusters) on MFCC at 100 Hz. Front end: "
+         f"{FRONT_END_TEXT[front_end]}. Pretraining: {pretraining}; "
          f"CTC fine-tuning (fairseq `hubert_ctc`): {finetune_updates} updates. The test split decoded with "
          "`fairseq-generate --scoring wer`: greedy, and a lexicon + 3-gram LM beam search (flashlight-text; "
          f"the LM estimated by IRSTLM on {corpus['lm']['sentences']} sentences of the text pool's training share, "
@@ -229,10 +251,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--front-end", choices=FRONT_ENDS, default="cnn",
+                        help="every model's front end: HuBERT's CNN on the waveform, or log-mel (extractor_mode=fbank)")
     args = parser.parse_args(argv)
     setup_logging()
     run_demo(args.out, args.minutes, args.pretrain_updates, args.finetune_updates, args.clusters, args.jobs,
-             args.seed, args.pretrain_only_updates)
+             args.seed, args.pretrain_only_updates, args.front_end)
 
 
 if __name__ == "__main__":
