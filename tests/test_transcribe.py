@@ -15,7 +15,7 @@ import torch
 from fairseq.data import Dictionary
 
 from mamba_hubert.data.ngram_lm import TLM_PATHS
-from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
+from mamba_hubert.demo.fairseq_tools import decoded_hypotheses, generate_wer, hydra_train
 from mamba_hubert.inference import transcribe
 from mamba_hubert.inference.long_form import ctc_logits_long
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
@@ -68,8 +68,7 @@ def transcribe_lines(capsys, *argv: str) -> dict[str, str]:
 def test_greedy_text_is_fairseq_generates(run, capsys):
     corpus, checkpoint = run / "tones", run / "ft" / "checkpoint_last.pt"
     generate_wer(corpus, corpus, checkpoint, "valid", run / "decode", threads=1)
-    lines = generation_results(run / "decode", "valid").read_text().splitlines()
-    hypotheses = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in lines if line.startswith("D-")}
+    hypotheses = decoded_hypotheses(run / "decode", "valid")
     wavs = [str(corpus / line.split("\t")[0]) for line in (corpus / "valid.tsv").read_text().splitlines()[1:]]
     printed = transcribe_lines(capsys, str(checkpoint), *wavs)
     assert list(printed) == wavs
@@ -210,8 +209,7 @@ def test_lexicon_and_lm_text_is_fairseq_generates(run, capsys, options):
     generate_wer(corpus, corpus, checkpoint, "valid", results, threads=1,
                  decoder_args=["--ctc-lexicon", str(lexicon), "--ctc-lm", str(lm),
                                *(item for name, value in options.items() for item in (f"--ctc-{name}", value))])
-    lines = generation_results(results, "valid").read_text().splitlines()
-    hypotheses = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in lines if line.startswith("D-")}
+    hypotheses = decoded_hypotheses(results, "valid")
     wavs = [str(corpus / line.split("\t")[0]) for line in (corpus / "valid.tsv").read_text().splitlines()[1:]]
     printed = transcribe_lines(capsys, str(checkpoint), *wavs, "--lexicon", str(lexicon), "--lm", str(lm),
                                *(item for name, value in options.items() for item in (f"--{name}", value)))

@@ -15,7 +15,7 @@ from mamba_hubert.data.corpus import build_corpus
 from mamba_hubert.data.kmeans import run_kmeans
 from mamba_hubert.data.mfcc import dump_mfcc
 from mamba_hubert.data.ngram_lm import build_arpa
-from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, run_console_script
+from mamba_hubert.demo.fairseq_tools import decoded_hypotheses, generate_wer, run_console_script
 
 logger = logging.getLogger("mamba_hubert.demo")
 SPLITS = ("train", "valid", "test")
@@ -123,8 +123,7 @@ def transcribe_agreement(data: DemoData, checkpoint: Path, model_dir: Path, time
             for line in (data.corpus / "test.tsv").read_text().splitlines()[1:]]
     agreement = {}
     for kind, flags in (("greedy", ()), ("lm", data.transcribe_lm)):
-        results = generation_results(model_dir / f"decode_{kind}", "test").read_text().splitlines()
-        decoded = {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in results if line.startswith("D-")}
+        decoded = decoded_hypotheses(model_dir / f"decode_{kind}", "test")
         printed = timed(times, f"transcribe {name} ({kind})", run_console_script,
                         ["mamba-hubert-transcribe", str(checkpoint), *wavs, *flags],
                         model_dir / f"transcribe_{kind}.log", None, 1)

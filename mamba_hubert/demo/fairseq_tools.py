@@ -74,3 +74,9 @@ def generate_wer(data_dir: Path, label_dir: Path, checkpoint: Path, subset: str,
 def generation_results(results_dir: Path, subset: str) -> Path:
     """The file fairseq-generate writes with `--results-path`: S-/T-/H-/D-/P- lines, then its scorer's result."""
     return results_dir / f"generate-{subset}.txt"
+
+
+def decoded_hypotheses(results_dir: Path, subset: str) -> dict[int, str]:
+    """The D- lines of `generation_results`: {utterance index in the manifest: decoded words}."""
+    lines = generation_results(results_dir, subset).read_text().splitlines()
+    return {int(line.split("\t")[0][2:]): line.split("\t")[2] for line in lines if line.startswith("D-")}

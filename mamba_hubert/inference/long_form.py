@@ -276,12 +276,11 @@ def ctc_logits_long(model: nn.Module, audio: torch.Tensor, chunk_seconds: float 
     """The CTC logits (frames, vocabulary) of a fine-tuned model on a mamba_hubert upstream (`hubert_ctc`, or
     `mamba_hubert_asr` with its upstream layer or weighted sum and head), in eval mode, in bounded memory."""
     encoder = model.w2v_encoder
-    layer_weights = getattr(encoder, "layer_weights", None)
+    weighted = getattr(encoder, "layer_weights", None) is not None
     upstream = extract_features_long(encoder.w2v_model, audio, chunk_seconds, getattr(encoder, "upstream_layer", None),
-                                     sample_rate, hidden_states=layer_weights is not None)
-    if layer_weights is not None:
-        weights = F.softmax(layer_weights, 0).to(upstream[0].dtype)
-        upstream = sum(w * state for w, state in zip(weights, upstream))
+                                     sample_rate, hidden_states=weighted)
+    if weighted:
+        upstream = encoder.weighted_sum(upstream)
     head = getattr(encoder, "head", None)
     if head is None:
         return encoder.proj(upstream)

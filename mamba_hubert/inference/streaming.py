@@ -12,7 +12,6 @@ The eval-mode parts of a Mamba encoder layer here are shared with `mamba_hubert.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mamba_hubert.models.frames import conv_output_length, receptive_field
@@ -187,7 +186,7 @@ class StreamingCtc:
         encoder = model.w2v_encoder
         self.encoder = encoder
         self.upstream = StreamingEncoder(encoder.w2v_model, getattr(encoder, "upstream_layer", None))
-        self.layer_weights = getattr(encoder, "layer_weights", None)
+        self.weighted = getattr(encoder, "layer_weights", None) is not None  # UpstreamHeadEncoder's weighted sum
         self.head = getattr(encoder, "head", None)
         if self.head is not None:
             if self.head.training:
@@ -204,12 +203,10 @@ class StreamingCtc:
     @torch.no_grad()
     def push(self, audio_chunk: torch.Tensor) -> torch.Tensor:
         """audio_chunk: (num_samples,) -> the logits of the new frames (new_frames, vocabulary)."""
-        if self.layer_weights is None:
+        if self.weighted:
+            x = self.encoder.weighted_sum(self.upstream.push_hidden_states(audio_chunk))
+        else:
             x = self.upstream.push(audio_chunk)
-        else:  # UpstreamHeadEncoder's weighted sum, frame by frame
-            hidden = self.upstream.push_hidden_states(audio_chunk)
-            weights = F.softmax(self.layer_weights, 0).to(hidden[0].dtype)
-            x = torch.einsum("l,ltc->tc", weights, torch.stack(hidden))
         if not len(x):  # the chunk completed no frame
             return self._no_frames()
         if self.head is not None:

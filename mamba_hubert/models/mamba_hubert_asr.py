@@ -136,8 +136,12 @@ class UpstreamHeadEncoder(HubertEncoder):
                     source, padding_mask=padding_mask, mask=mask, output_layer=self.upstream_layer)
             states, padding_mask = self.upstream_hidden_states(source, padding_mask, mask)
         # outside no_grad: the weights learn even when the upstream is frozen
+        return self.weighted_sum(states), padding_mask
+
+    def weighted_sum(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """The softmax-weighted sum of the hidden states (each (..., C), all the same shape)."""
         weights = F.softmax(self.layer_weights, 0).to(states[0].dtype)
-        return torch.einsum("l,lbtc->btc", weights, torch.stack(states)), padding_mask
+        return torch.einsum("l,l...->...", weights, torch.stack(states))
 
     def upstream_hidden_states(
         self, source: torch.Tensor, padding_mask: torch.Tensor | None, mask: bool
