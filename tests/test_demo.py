@@ -1,5 +1,6 @@
 """The end-to-end jobs: the demo refuses to reuse a corpus built for another size or seed instead of silently training
-on it; its report states each model's updates; the job scheduler respects dependencies and the worker limit."""
+on it; its report states each model's updates and decoder settings; each model gets its front end's tuned learning
+rate; the job scheduler respects dependencies and the worker limit."""
 
 import json
 import threading
@@ -7,8 +8,8 @@ import time
 
 import pytest
 
-from mamba_hubert.demo.common import run_jobs
-from mamba_hubert.demo.main_job import run_demo, write_report
+from mamba_hubert.demo.common import lm_decoder_flags, run_jobs
+from mamba_hubert.demo.main_job import front_end_overrides, run_demo, write_report
 
 
 @pytest.mark.parametrize("minutes, seed", [(60.0, 2), (30.0, 1)])
@@ -36,8 +37,16 @@ def test_report_states_each_models_pretraining_updates(tmp_path):
     assert "Pretraining: 2000 updates;" in write_report(*args, 2000, 2000, 1500, 100).read_text()
     assert ("printed fairseq-generate's words for Mamba-HuBERT (ConBiMamba): 146/146 greedy, 145/146 with the "
             "lexicon + LM files.") in report
-    assert "Front end: HuBERT's CNN on the waveform" in report
-    assert "Front end: 80-bin log-mel" in write_report(*args, 2000, 2000, 1500, 100, "fbank").read_text()
+    assert "Front end: 80-bin log-mel" in report
+    assert "Front end: HuBERT's CNN on the waveform" in write_report(*args, 2000, 2000, 1500, 100, "cnn").read_text()
+    assert "LM weight 2, word score 0, beam 500)" in report
+
+
+def test_each_model_pretrains_on_the_front_end_at_its_tuned_learning_rate():
+    fbank = ["model.extractor_mode=fbank", "task.label_rate=50"]
+    assert front_end_overrides("fbank", "tiny_transformer") == [*fbank, "optimization.lr=[0.003]"]
+    assert front_end_overrides("fbank", "tiny_conbimamba") == fbank  # its config's 0.003
+    assert front_end_overrides("cnn", "tiny_transformer") == []
 
 
 def test_an_unknown_front_end_is_refused(tmp_path):
@@ -77,3 +86,11 @@ def test_run_jobs_raises_a_jobs_error_and_refuses_unknown_dependencies():
         run_jobs({"a": ((), fail), "b": (("a",), lambda: 1)})
     with pytest.raises(ValueError, match="undefined jobs"):
         run_jobs({"a": (("missing",), lambda: 1)})
+
+
+def test_generate_and_transcribe_get_the_same_lm_search(tmp_path):
+    generate, transcribe = lm_decoder_flags(tmp_path / "lexicon.txt", tmp_path / "lm.arpa")
+    assert generate == ("--ctc-lexicon", str(tmp_path / "lexicon.txt"), "--ctc-lm", str(tmp_path / "lm.arpa"),
+                        "--ctc-lm-weight", "2", "--ctc-word-score", "0", "--ctc-beam", "500")
+    assert transcribe == ("--lexicon", str(tmp_path / "lexicon.txt"), "--lm", str(tmp_path / "lm.arpa"),
+                          "--lm-weight", "2", "--word-score", "0", "--beam", "500")

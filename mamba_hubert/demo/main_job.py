@@ -16,6 +16,7 @@ from mamba_hubert.analysis.verdict import RULE_SUMMARY
 from mamba_hubert.command_line import setup_logging
 from mamba_hubert.data.kmeans import subsample_labels
 from mamba_hubert.demo.common import (
+    BEAM,
     LM_WEIGHT,
     SPLITS,
     WORD_SCORE,
@@ -65,13 +66,24 @@ def mi_verdict(mi: dict) -> list[str]:
     return lines
 
 
-# The front ends every model of a run shares: HuBERT's CNN on the waveform at 50 Hz (reading every other 100 Hz label),
-# or the log-mel front end subsampled to 50 Hz (labels subsampled alike: the same targets).
-FRONT_ENDS = ("cnn", "fbank")
+# The front ends every model of a run shares: the log-mel front end subsampled to 50 Hz (labels: every other 100 Hz
+# label), or HuBERT's CNN on the waveform at 50 Hz (which reads every other 100 Hz label itself).
+FRONT_ENDS = ("fbank", "cnn")
+# Pretraining learning rates on the log-mel front end where they differ from the config's: each model's best of
+# 0.001 / 0.003 / 0.005 on the valid split (docs/DEMO_TUNING.md).
+FBANK_PRETRAIN_LR = {"tiny_transformer": 0.003}
+
+
+def front_end_overrides(front_end: str, config: str) -> list[str]:
+    """The pretraining overrides that put `config` on `front_end`: extractor, label rate, learning rate."""
+    if front_end == "cnn":  # the configs' own
+        return []
+    lr = FBANK_PRETRAIN_LR.get(config)
+    return ["model.extractor_mode=fbank", "task.label_rate=50", *([f"optimization.lr=[{lr:g}]"] if lr else [])]
 
 
 def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates: int, clusters: int,
-             jobs: int, seed: int, pretrain_only_updates: int, front_end: str = "cnn") -> Path:
+             jobs: int, seed: int, pretrain_only_updates: int, front_end: str = "fbank") -> Path:
     """The whole chain into `out`; models that are only pretrained (for the MI comparison) take
     `pretrain_only_updates`."""
     if front_end not in FRONT_ENDS:
@@ -80,11 +92,10 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     times: dict[str, float] = {}
     demo_start = time.time()
     data = prepare_data(out, minutes, seed, clusters, jobs, times)
-    labels, front_end_overrides = data.labels, []
+    labels = data.labels
     if front_end == "fbank":
         labels = out / "labels" / "iter1_50hz"
         subsample_labels(str(data.labels), str(labels), SPLITS, 2)
-        front_end_overrides = ["model.extractor_mode=fbank", "task.label_rate=50"]
     mi_args = ["--data", str(data.corpus), "--subset", "test", "--max-utterances", "40", "--max-frames", "2500",
                "--mine-iterations", "1500"]  # sized to keep the demo within 30 minutes
 
@@ -93,11 +104,12 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
         text = timed(times, f"pretrain {config}", hydra_train, f"pretrain/{config}", [
             f"task.data={data.corpus}", f"task.label_dir={labels}", f"checkpoint.save_dir={pretrained.parent}",
             f"optimization.max_update={pretrain_updates if finetuned else pretrain_only_updates}",
-            "common.log_format=json", f"common.seed={seed}", *front_end_overrides,
+            "common.log_format=json", f"common.seed={seed}", *front_end_overrides(front_end, config),
         ], out / "models" / config / "pretrain.log", prefixed(config), 1)
         return {"pretrained": pretrained, "pretrain_curves": read_metrics(text),
                 "params": count_parameters(build_from_config(
-                    DEFAULT_CONFIG_DIR, config, clusters, [f"++{o}" for o in front_end_overrides]))["total"]}
+                    DEFAULT_CONFIG_DIR, config, clusters, [f"++{o}" for o in front_end_overrides(front_end, config)]
+                ))["total"]}
 
     def finetune(config: str) -> dict:
         checkpoint = out / "models" / config / "finetune" / "checkpoint_best.pt"
@@ -180,7 +192,7 @@ FRONT_END_TEXT = {"cnn": "HuBERT's CNN on the waveform (50 Hz, every other label
 
 def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[str, float], total_seconds: float,
                  pretrain_updates: int, pretrain_only_updates: int, finetune_updates: int, clusters: int,
-                 front_end: str = "cnn") -> Path:
+                 front_end: str = "fbank") -> Path:
     splits = ", ".join(f"{s} {v['utterances']} utterances / {v['minutes']} min" for s, v in corpus["splits"].items())
     only = [r["config"] for r in results.values() if "test_wer" not in r]
     if only and pretrain_only_updates != pretrain_updates:
@@ -198,7 +210,7 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
          f"the LM estimated by IRSTLM on {corpus['lm']['sentences']} sentences of the text pool's training share, "
          f"never a valid or test sentence; {corpus['lm']['lexicon_words']} lexicon words, "
          f"{corpus['lm']['test_oov_percent']}% of test words outside it; LM weight {LM_WEIGHT:g}, word score "
-         f"{WORD_SCORE:g}). Letter error: the best valid-split letter error rate fairseq logged during fine-tuning."),
+         f"{WORD_SCORE:g}, beam {BEAM}). Letter error: the best valid-split letter error rate fairseq logged during fine-tuning."),
         "",
         "| model | config | parameters | test WER (greedy) | test WER (lexicon + LM) | valid letter error |",
         "|---|---|---|---|---|---|",
@@ -243,16 +255,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     # at these update counts more audio buys little (docs/DEMO_TUNING.md)
     parser.add_argument("--minutes", type=float, default=60.0, help="corpus size (all splits)")
-    # sized so that the whole demo takes under 30 minutes on 2 cores
+    # sized so that the whole demo takes under 30 minutes on 2 cores; of the time left after 1,500 + 2,000 updates,
+    # fine-tuning makes better use than pretraining (docs/DEMO_TUNING.md)
     parser.add_argument("--pretrain-updates", type=int, default=1500)
-    parser.add_argument("--finetune-updates", type=int, default=2000)
+    parser.add_argument("--finetune-updates", type=int, default=4000)
     parser.add_argument("--pretrain-only-updates", type=int, default=1000,
                         help="for the models only pretrained (ExtBiMamba, for the MI comparison)")
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--front-end", choices=FRONT_ENDS, default="cnn",
-                        help="every model's front end: HuBERT's CNN on the waveform, or log-mel (extractor_mode=fbank)")
+    parser.add_argument("--front-end", choices=FRONT_ENDS, default="fbank",
+                        help="every model's front end: log-mel (extractor_mode=fbank), or HuBERT's CNN on the waveform")
     args = parser.parse_args(argv)
     setup_logging()
     run_demo(args.out, args.minutes, args.pretrain_updates, args.finetune_updates, args.clusters, args.jobs,
