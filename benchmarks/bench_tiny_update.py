@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         results[model] = run_model(model, demo, args.work.resolve(), args.updates)
         for stage, rates in results[model].items():
             print(f"{model} {stage}: CNN {rates['cnn']:.2f}, log-mel {rates['fbank']:.2f} updates/s", flush=True)
-    meta = {"command": " ".join(["python", "benchmarks/bench_tiny_update.py"] + (sys.argv[1:] if argv is None else argv)),
+    given = sys.argv[1:] if argv is None else argv
+    meta = {"command": " ".join(["python", "benchmarks/bench_tiny_update.py", *given]),
             "cpu": cpu_name(), "torch": torch.__version__, "updates": args.updates,
             "wall_s": round(time.time() - started, 1)}
     write_results(args.out, {"meta": meta, "models": results}, markdown(results, meta), None, "")

@@ -210,7 +210,8 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
          f"the LM estimated by IRSTLM on {corpus['lm']['sentences']} sentences of the text pool's training share, "
          f"never a valid or test sentence; {corpus['lm']['lexicon_words']} lexicon words, "
          f"{corpus['lm']['test_oov_percent']}% of test words outside it; LM weight {LM_WEIGHT:g}, word score "
-         f"{WORD_SCORE:g}, beam {BEAM}). Letter error: the best valid-split letter error rate fairseq logged during fine-tuning."),
+         f"{WORD_SCORE:g}, beam {BEAM}). Letter error: the best valid-split letter error rate fairseq logged during "
+         "fine-tuning."),
         "",
         "| model | config | parameters | test WER (greedy) | test WER (lexicon + LM) | valid letter error |",
         "|---|---|---|---|---|---|",
