@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.models.hubert.hubert import HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
-from machine import cpu_name, measure_in_child, time_and_peak_memory, write_results
+from machine import command_line, cpu_name, measure_in_child, time_and_peak_memory, write_results
 
 IMPLS = ("fairseq", "ours")
 CASES = {  # name: (frames S, k-means clusters, final_dim D)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:34s} {impl:8s} {outcome.get('time_s', 0) * 1e3:8.1f} ms "
                   f"{outcome.get('peak_mb', 0):7.0f} MB  {outcome['status']}", flush=True)
     meta = {
-        "command": " ".join(["python", "benchmarks/bench_logits.py"] + (sys.argv[1:] if argv is None else argv)),
+        "command": command_line(__file__, argv),
         "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
         "wall_s": round(time.time() - started, 1),
     }

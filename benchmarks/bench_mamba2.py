@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_name, measure_in_child, time_and_peak_memory, write_results
+from machine import command_line, cpu_name, measure_in_child, time_and_peak_memory, write_results
 
 BLOCKS = ("mamba", "mamba2")
 MODES = ("inference", "train")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.append({**case, "time_s": None, "peak_mb": None, **outcome})
                     print(f"{mode:9s} d={d_model:<4d} L={length:<6d} {block:7s} {_fmt(results[-1]['time_s'])} s "
                           f"{_fmt(results[-1]['peak_mb'])} MB {results[-1]['status']}", flush=True)
-    meta = {"command": " ".join(["python", "benchmarks/bench_mamba2.py"] + (sys.argv[1:] if argv is None else argv)),
+    meta = {"command": command_line(__file__, argv),
             "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
             "wall_s": round(time.time() - started, 1)}
     write_results(args.out, {"meta": meta, "ratios": ratios(results), "cases": results}, markdown(results, meta),

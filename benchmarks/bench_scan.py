@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import cpu_name, measure_in_child, time_and_peak_memory, write_results
+from machine import command_line, cpu_name, measure_in_child, time_and_peak_memory, write_results
 
 IMPLS = ("ours", "mamba_ssm_ref", "mambapy")
 MODES = ("forward", "forward_backward")
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{_fmt(result['time_s'])} s  {_fmt(result['peak_mb'])} MB  {result['status']}", flush=True)
 
     meta = {
-        "command": " ".join(["python", "benchmarks/bench_scan.py"] + (sys.argv[1:] if argv is None else argv)),
+        "command": command_line(__file__, argv),
         "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__, "batch": args.batch,
         "d_inner": args.d_inner, "budget_s": args.budget_s, "max_gb": args.max_gb,
         "wall_s": round(time.time() - started, 1),

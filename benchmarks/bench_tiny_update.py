@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_name, write_results
+from machine import command_line, cpu_name, write_results
 
 WARM_UP_UPDATES = 50
 DEFAULT_MODELS = ("tiny_conbimamba", "tiny_transformer")
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         results[model] = run_model(model, demo, args.work.resolve(), args.updates)
         for stage, rates in results[model].items():
             print(f"{model} {stage}: CNN {rates['cnn']:.2f}, log-mel {rates['fbank']:.2f} updates/s", flush=True)
-    given = sys.argv[1:] if argv is None else argv
-    meta = {"command": " ".join(["python", "benchmarks/bench_tiny_update.py", *given]),
+    meta = {"command": command_line(__file__, argv),
             "cpu": cpu_name(), "torch": torch.__version__, "updates": args.updates,
             "wall_s": round(time.time() - started, 1)}
     write_results(args.out, {"meta": meta, "models": results}, markdown(results, meta), None, "")

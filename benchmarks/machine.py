@@ -24,6 +24,11 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How the benchmark `script` (its __file__) was run, for the results' header: argv, or the process's own."""
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
+
+
 def write_results(out: Path, payload: dict, markdown: str, plot: Callable[[Path], None] | None, png_name: str) -> None:
     """results.json, results.md and (when `plot` is given) the PNG, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
