@@ -77,10 +77,13 @@ def test_transcripts_and_labels_line_up_with_the_manifest(corpus_dir):
 
 
 @needs_engines
-def test_test_split_holds_out_speakers_and_sentences(corpus_dir):
+def test_valid_and_test_splits_hold_out_their_own_speakers_and_sentences(corpus_dir):
     speakers = {split: {row["speaker"] for row in _meta(corpus_dir, split)} for split in SPLITS}
-    assert speakers["test"] <= corpus.TEST_SPEAKERS
+    assert speakers["test"] <= corpus.TEST_SPEAKERS and speakers["valid"] <= corpus.VALID_SPEAKERS
     assert not (speakers["train"] | speakers["valid"]) & corpus.TEST_SPEAKERS
+    assert not (speakers["train"] | speakers["test"]) & corpus.VALID_SPEAKERS
+    # each held-out split hears an unseen non-espeak voice, as well as unseen espeak variants
+    assert all({"espeak"} < {row["engine"] for row in _meta(corpus_dir, split)} for split in ("valid", "test"))
     sentences = {split: set(_lines(corpus_dir / f"{split}.wrd")) for split in SPLITS}
     assert not sentences["test"] & (sentences["train"] | sentences["valid"])
     assert not sentences["valid"] & sentences["train"]

@@ -15,8 +15,9 @@ renders, and its mnemonics are mapped onto the same ARPAbet set. All labels foll
 conventions, whatever the voice's accent. One label per encoder frame (50 Hz): frame i sees samples
 [320 i, 320 i + 400) and takes the phone at the window centre.
 
-Splits: test holds out whole speakers (TEST_SPEAKERS) and its own sentences; valid uses the training speakers
-with its own sentences. No sentence appears in two splits.
+Splits: test and valid each hold out whole speakers (TEST_SPEAKERS, VALID_SPEAKERS) and their own sentences, so
+that valid measures what test measures, recognition of voices never heard in training. No sentence or speaker
+appears in two splits.
 """
 
 import argparse
@@ -93,6 +94,10 @@ VOICES: tuple[Voice, ...] = (
 # voice to be seen at all); espeak variants f4 and m6 are held out across all accents. Voices of one speaker on
 # two engines (kal, slt) share a speaker name, so a held-out speaker is never heard through another engine.
 TEST_SPEAKERS = frozenset({"rms", "espeak-f4", "espeak-m6"})
+# Valid mirrors test with other voices: ked (a US male festival voice; test's rms is a US male flite one) and two
+# espeak variants, so each split is about 57% espeak and 43% one unseen US male by engine share.
+VALID_SPEAKERS = frozenset({"ked", "espeak-f2", "espeak-m3"})
+HELD_OUT_SPEAKERS = {"test": TEST_SPEAKERS, "valid": VALID_SPEAKERS}
 ENGINE_SHARE = {"espeak": 0.4, "flite": 0.3, "festival": 0.3}
 
 # Debian package that provides each engine resource.
@@ -457,6 +462,13 @@ def missing_packages() -> list[str]:
     return missing
 
 
+def split_voices(split: str) -> list[Voice]:
+    """The voices a split draws from: its own held-out speakers for valid and test, every other voice for train."""
+    if split in HELD_OUT_SPEAKERS:
+        return [v for v in VOICES if v.speaker in HELD_OUT_SPEAKERS[split]]
+    return [v for v in VOICES if v.speaker not in TEST_SPEAKERS | VALID_SPEAKERS]
+
+
 class _Planner:
     """Draws the utterances of one split in a fixed order: its sentences, voice, rate and pitch."""
 
@@ -522,7 +534,7 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
     planners, budget, bounds = {}, {}, 0
     for split, share in SPLIT_SHARE.items():
         count = counts[split]
-        voices = [v for v in VOICES if (v.speaker in TEST_SPEAKERS) == (split == "test")]
+        voices = split_voices(split)
         (out / "wav" / split).mkdir(parents=True, exist_ok=True)
         planners[split] = _Planner(split, sentences[bounds:bounds + count], voices, seed, out / "wav" / split)
         budget[split] = minutes * 60 * share
