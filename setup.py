@@ -10,7 +10,8 @@ setup(
     package_data={"mamba_hubert.ops": ["csrc/*.cpp"]},
     # torch and fairseq are installed by scripts/setup_venv.sh in a fixed order (CPU torch first, fairseq-fixed
     # without build isolation); listing them here would let pip pull a CUDA torch.
-    install_requires=["numpy", "soundfile", "soxr", "joblib", "scikit-learn", "kaldi-native-fbank", "matplotlib"],
+    install_requires=["numpy", "soundfile", "soxr", "joblib", "scikit-learn", "kaldi-native-fbank", "matplotlib",
+                      "editdistance"],
     extras_require={"cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"]},
     entry_points={
         "console_scripts": [

@@ -1,6 +1,6 @@
 """The end-to-end jobs: the demo refuses to reuse a corpus built for another size or seed instead of silently training
 on it; its report states each model's updates and decoder settings; each model gets its front end's tuned learning
-rate; the job scheduler respects dependencies and the worker limit."""
+rate; the job scheduler respects dependencies and the worker limit; test WER is split by held-out speaker."""
 
 import json
 import threading
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mamba_hubert.demo.common import lm_decoder_flags, run_jobs
+from mamba_hubert.demo.common import lm_decoder_flags, run_jobs, wer_by_speaker
 from mamba_hubert.demo.main_job import front_end_overrides, run_demo, write_report
 
 
@@ -26,7 +26,9 @@ def test_refuses_a_corpus_built_with_other_settings(tmp_path, minutes, seed):
 def test_report_states_each_models_pretraining_updates(tmp_path):
     results = {"Mamba-HuBERT (ConBiMamba)": {"config": "tiny_conbimamba", "params": 1.6e6, "test_wer": 80.0,
                                              "test_wer_lm": 60.0, "valid_uer": 35.0,
-                                             "transcribe_agreement": {"greedy": [146, 146], "lm": [145, 146]}},
+                                             "transcribe_agreement": {"greedy": [146, 146], "lm": [145, 146]},
+                                             "test_wer_by_speaker": {"greedy": {"all": 80.0, "rms": 95.0},
+                                                                     "lm": {"all": 60.0, "rms": 84.25}}},
                "Mamba-HuBERT (ExtBiMamba)": {"config": "tiny_ext_bimamba", "params": 1.6e6}}
     corpus = {"splits": {"train": {"utterances": 10, "minutes": 1.0}},
               "lm": {"sentences": 5, "lexicon_words": 9, "test_oov_percent": 1.0}}
@@ -40,6 +42,24 @@ def test_report_states_each_models_pretraining_updates(tmp_path):
     assert "Front end: 80-bin log-mel" in report
     assert "Front end: HuBERT's CNN on the waveform" in write_report(*args, 2000, 2000, 1500, 100, "cnn").read_text()
     assert "LM weight 2, word score 0, beam 500)" in report
+    assert ("Test WER by held-out speaker (greedy / lexicon + LM): Mamba-HuBERT (ConBiMamba): rms 95.0% / 84.2%."
+            in report)
+
+
+def test_wer_by_speaker_counts_word_errors_of_each_speakers_utterances(tmp_path):
+    (tmp_path / "test.wrd").write_text("THE LORD IS GOD\nBRETHREN PRAY\nFOR US\n")
+    (tmp_path / "test.meta.tsv").write_text("id\tengine\tvoice\tspeaker\trate\tpitch\ttext\n"
+                                            "test_0\tflite\trms\trms\t1\t1\tx\n"
+                                            "test_1\tespeak\ten+f4\tespeak-f4\t1\t1\tx\n"
+                                            "test_2\tflite\trms\trms\t1\t1\tx\n")
+    # fairseq-generate writes utterances in the order it decodes them, not the manifest's
+    (tmp_path / "generate-test.txt").write_text("D-2\t-1.0\tFOR US\nD-0\t-2.0\tTHE LAWD GOD\n"
+                                                "D-1\t-1.0\tBERETS ROV PREE\nWER: 50.00\n")
+    wer = wer_by_speaker(tmp_path, tmp_path, "test")
+    assert wer == {"all": 100.0 * (2 + 3) / 8, "espeak-f4": 100.0 * 3 / 2, "rms": 100.0 * 2 / 6}
+    (tmp_path / "generate-test.txt").write_text("D-0\t-2.0\tTHE LORD IS GOD\n")
+    with pytest.raises(RuntimeError, match="1 decoded utterances, 3 in"):
+        wer_by_speaker(tmp_path, tmp_path, "test")
 
 
 def test_each_model_pretrains_on_the_front_end_at_its_tuned_learning_rate():

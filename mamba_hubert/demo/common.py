@@ -10,12 +10,14 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+import editdistance
+
 from mamba_hubert.analysis.plots import line_figure
 from mamba_hubert.data.corpus import build_corpus
 from mamba_hubert.data.kmeans import run_kmeans
 from mamba_hubert.data.mfcc import dump_mfcc
 from mamba_hubert.data.ngram_lm import build_arpa
-from mamba_hubert.demo.fairseq_tools import decoded_hypotheses, generate_wer, run_console_script
+from mamba_hubert.demo.fairseq_tools import decoded_hypotheses, generate_wer, generation_results, run_console_script
 
 logger = logging.getLogger("mamba_hubert.demo")
 SPLITS = ("train", "valid", "test")
@@ -121,6 +123,26 @@ def decode_test(data: DemoData, checkpoint: Path, model_dir: Path, echo: Callabl
     wer_lm = timed(times, f"decode {name} with lexicon + LM", generate_wer, data.corpus, data.corpus, checkpoint,
                    "test", model_dir / "decode_lm", echo, 1, data.lm_decoding)
     return wer, wer_lm
+
+
+def wer_by_speaker(corpus: Path, results_dir: Path, subset: str) -> dict[str, float]:
+    """The WER (%) of fairseq-generate's words in `results_dir` for each speaker of `subset` (the corpus's
+    `{subset}.meta.tsv`), and "all": where a split's errors come from, e.g. one unseen voice."""
+    references = (corpus / f"{subset}.wrd").read_text().splitlines()
+    speakers = [row.split("\t")[3] for row in (corpus / f"{subset}.meta.tsv").read_text().splitlines()[1:]]
+    decoded = decoded_hypotheses(results_dir, subset)
+    if len(decoded) != len(references) or len(speakers) != len(references):
+        raise RuntimeError(f"{generation_results(results_dir, subset)}: {len(decoded)} decoded utterances, "
+                           f"{len(references)} in {corpus / f'{subset}.wrd'}, {len(speakers)} in its meta.tsv")
+    counts: dict[str, list[int]] = {}
+    for index, (reference, speaker) in enumerate(zip(references, speakers)):
+        words = reference.split()
+        errors = editdistance.eval(words, decoded[index].split())
+        for key in (speaker, "all"):
+            counts.setdefault(key, [0, 0])
+            counts[key][0] += errors
+            counts[key][1] += len(words)
+    return {key: 100.0 * errors / words for key, (errors, words) in sorted(counts.items())}
 
 
 def transcribe_agreement(data: DemoData, checkpoint: Path, model_dir: Path, times: dict[str, float],

@@ -31,6 +31,7 @@ from mamba_hubert.demo.common import (
     run_jobs,
     timed,
     transcribe_agreement,
+    wer_by_speaker,
 )
 from mamba_hubert.demo.fairseq_tools import hydra_train
 from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters
@@ -126,9 +127,12 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
         wer, wer_lm = decode_test(data, out / "models" / config / "finetune" / "checkpoint_best.pt",
                                   out / "models" / config, prefixed(config), times, config)
         log(f"{title}: test WER {wer:.2f}% greedy, {wer_lm:.2f}% with lexicon + LM")
+        by_speaker = {kind: wer_by_speaker(data.corpus, out / "models" / config / f"decode_{kind}", "test")
+                      for kind in ("greedy", "lm")}
         agreement = transcribe_agreement(data, out / "models" / config / "finetune" / "checkpoint_best.pt",
                                          out / "models" / config, times, config)
-        return {"test_wer": wer, "test_wer_lm": wer_lm, "transcribe_agreement": agreement}
+        return {"test_wer": wer, "test_wer_lm": wer_lm, "test_wer_by_speaker": by_speaker,
+                "transcribe_agreement": agreement}
 
     def analyse(name: str, checkpoint: Path, part: str) -> dict:
         return layerwise_mi_of(checkpoint, name, out / "mi" / "parts" / part, mi_args, times)
@@ -166,7 +170,7 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
             finetune_curves[title] = chain["finetune_curves"]
         pretrain_curves[title] = chain["pretrain_curves"]
         results[title] = {"config": config, **{k: chain[k] for k in ("params", "test_wer", "test_wer_lm", "valid_uer",
-                                                                     "transcribe_agreement") if k in chain}}
+                                                                     "test_wer_by_speaker", "transcribe_agreement") if k in chain}}
         if finetuned:
             results[title]["checkpoint"] = str(chain["checkpoint"])
     mi = merge_mi_parts({name: done[f"MI {name}"] for name in mi_order})
@@ -202,7 +206,8 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
         pretraining = f"{pretrain_updates} updates"
     lines = [
         "# mamba-hubert demo report", "",
-        f"Corpus (synthetic TTS speech): {splits}. Test voices and sentences are held out of training.",
+        (f"Corpus (synthetic TTS speech): {splits}. Valid and test each hold out their own voices and sentences: "
+         "neither split's speakers are heard in training."),
         (f"Labels: k-means ({clusters} clusters) on MFCC at 100 Hz. Front end: "
          f"{FRONT_END_TEXT[front_end]}. Pretraining: {pretraining}; "
          f"CTC fine-tuning (fairseq `hubert_ctc`): {finetune_updates} updates. The test split decoded with "
@@ -222,6 +227,12 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
         else:
             scores = "(pretrained only) | - | -"
         lines.append(f"| {title} | `{r['config']}` | {r['params'] / 1e6:.2f} M | {scores} |")
+    by_speaker = [f"{title}: " + ", ".join(f"{speaker} {wer:.1f}% / {r['test_wer_by_speaker']['lm'][speaker]:.1f}%"
+                                           for speaker, wer in r["test_wer_by_speaker"]["greedy"].items()
+                                           if speaker != "all")
+                  for title, r in results.items() if "test_wer_by_speaker" in r]
+    if by_speaker:
+        lines += ["", f"Test WER by held-out speaker (greedy / lexicon + LM): {'; '.join(by_speaker)}."]
     agreements = [f"{title}: {r['transcribe_agreement']['greedy'][0]}/{r['transcribe_agreement']['greedy'][1]} "
                   f"greedy, {r['transcribe_agreement']['lm'][0]}/{r['transcribe_agreement']['lm'][1]} with the "
                   "lexicon + LM" for title, r in results.items() if "transcribe_agreement" in r]
