@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mamba_hubert.demo.common import lm_decoder_flags, run_jobs, wer_by_speaker
-from mamba_hubert.demo.main_job import front_end_overrides, run_demo, write_report
+from mamba_hubert.demo.main_job import finetune_overrides, front_end_overrides, main, run_demo, write_report
 
 
 @pytest.mark.parametrize("minutes, seed", [(60.0, 2), (30.0, 1)])
@@ -42,6 +42,8 @@ def test_report_states_each_models_pretraining_updates(tmp_path):
     assert "Front end: 80-bin log-mel" in report
     assert "Front end: HuBERT's CNN on the waveform" in write_report(*args, 2000, 2000, 1500, 100, "cnn").read_text()
     assert "LM weight 2, word score 0, beam 500)" in report
+    assert "CTC fine-tuning (fairseq `hubert_ctc`): 1500 updates, training audio played at speeds 0.9 / 1 / 1.1." in report
+    assert "1500 updates, no augmentation." in write_report(*args, 2000, 2000, 1500, 100, "fbank", ()).read_text()
     assert ("Test WER by held-out speaker (greedy / lexicon + LM): Mamba-HuBERT (ConBiMamba): rms 95.0% / 84.2%."
             in report)
 
@@ -67,6 +69,17 @@ def test_each_model_pretrains_on_the_front_end_at_its_tuned_learning_rate():
     assert front_end_overrides("fbank", "tiny_transformer") == [*fbank, "optimization.lr=[0.003]"]
     assert front_end_overrides("fbank", "tiny_conbimamba") == fbank  # its config's 0.003
     assert front_end_overrides("cnn", "tiny_transformer") == []
+
+
+def test_fine_tuning_plays_training_audio_at_the_tuned_speeds_unless_turned_off(monkeypatch):
+    assert finetune_overrides((0.9, 1.0, 1.1)) == ["++task.speed_perturb=[0.9,1,1.1]"]
+    assert finetune_overrides(()) == []
+    calls = []
+    monkeypatch.setattr("mamba_hubert.demo.main_job.run_demo", lambda *args: calls.append(args))
+    monkeypatch.setattr("mamba_hubert.demo.main_job.setup_logging", lambda: None)
+    main(["--out", "x"])
+    main(["--out", "x", "--speed-perturb"])
+    assert [call[-1] for call in calls] == [[0.9, 1.0, 1.1], []]
 
 
 def test_an_unknown_front_end_is_refused(tmp_path):
