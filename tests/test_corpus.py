@@ -82,6 +82,8 @@ def test_valid_and_test_splits_hold_out_their_own_speakers_and_sentences(corpus_
     assert speakers["test"] <= corpus.TEST_SPEAKERS and speakers["valid"] <= corpus.VALID_SPEAKERS
     assert not (speakers["train"] | speakers["valid"]) & corpus.TEST_SPEAKERS
     assert not (speakers["train"] | speakers["test"]) & corpus.VALID_SPEAKERS
+    assert json.loads((corpus_dir / "corpus.json").read_text())["held_out_speakers"] == {
+        "test": sorted(corpus.TEST_SPEAKERS), "valid": sorted(corpus.VALID_SPEAKERS)}
     # each held-out split hears an unseen non-espeak voice, as well as unseen espeak variants
     assert all({"espeak"} < {row["engine"] for row in _meta(corpus_dir, split)} for split in ("valid", "test"))
     sentences = {split: set(_lines(corpus_dir / f"{split}.wrd")) for split in SPLITS}

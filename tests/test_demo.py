@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from mamba_hubert.data.corpus import held_out_speakers
 from mamba_hubert.demo.common import lm_decoder_flags, run_jobs, wer_by_speaker
 from mamba_hubert.demo.main_job import finetune_overrides, front_end_overrides, main, run_demo, write_report
 
@@ -17,9 +18,21 @@ def test_refuses_a_corpus_built_with_other_settings(tmp_path, minutes, seed):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "lm.txt").write_text("in the beginning\n")
-    (corpus / "corpus.json").write_text(json.dumps({"minutes_requested": 60.0, "seed": 1, "splits": {}}))
+    built = {"minutes_requested": 60.0, "seed": 1, "splits": {}, "held_out_speakers": held_out_speakers()}
+    (corpus / "corpus.json").write_text(json.dumps(built))
     with pytest.raises(SystemExit, match=r"built with --minutes 60.0 --seed 1"):
         run_demo(tmp_path, minutes, pretrain_updates=1, finetune_updates=1, clusters=2, jobs=1, seed=seed,
+                 pretrain_only_updates=1)
+
+
+def test_refuses_a_corpus_whose_valid_split_uses_training_voices(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "lm.txt").write_text("in the beginning\n")
+    # corpus.json of a build from before valid held out its own speakers
+    (corpus / "corpus.json").write_text(json.dumps({"minutes_requested": 60.0, "seed": 1, "splits": {}}))
+    with pytest.raises(SystemExit, match=r"built by an older version \(held-out speakers None, not \{'test'"):
+        run_demo(tmp_path, 60.0, pretrain_updates=1, finetune_updates=1, clusters=2, jobs=1, seed=1,
                  pretrain_only_updates=1)
 
 

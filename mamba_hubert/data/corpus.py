@@ -462,6 +462,11 @@ def missing_packages() -> list[str]:
     return missing
 
 
+def held_out_speakers() -> dict[str, list[str]]:
+    """{split: its held-out speakers}, as `corpus.json` records them (a corpus built with other splits differs)."""
+    return {split: sorted(speakers) for split, speakers in HELD_OUT_SPEAKERS.items()}
+
+
 def split_voices(split: str) -> list[Voice]:
     """The voices a split draws from: its own held-out speakers for valid and test, every other voice for train."""
     if split in HELD_OUT_SPEAKERS:
@@ -572,7 +577,8 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
 
     summary = _write_outputs(out, accepted)
     summary["lm"] = _write_lm_text(out, [transcript for transcript, _ in sentences[:counts["train"]]])
-    summary.update(seed=seed, minutes_requested=minutes, build_seconds=round(time.time() - start, 1))
+    summary.update(seed=seed, minutes_requested=minutes, held_out_speakers=held_out_speakers(),
+                   build_seconds=round(time.time() - start, 1))
     (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"[corpus] wrote {out} in {summary['build_seconds']} s: "
         + ", ".join(f"{s} {v['utterances']} utts / {v['minutes']} min" for s, v in summary["splits"].items()))

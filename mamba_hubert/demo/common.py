@@ -13,7 +13,7 @@ from pathlib import Path
 import editdistance
 
 from mamba_hubert.analysis.plots import line_figure
-from mamba_hubert.data.corpus import build_corpus
+from mamba_hubert.data.corpus import build_corpus, held_out_speakers
 from mamba_hubert.data.kmeans import run_kmeans
 from mamba_hubert.data.mfcc import dump_mfcc
 from mamba_hubert.data.ngram_lm import build_arpa
@@ -86,6 +86,10 @@ def prepare_data(out: Path, minutes: float, seed: int, clusters: int, jobs: int,
                 raise SystemExit(f"{corpus} was built by an older version (it has no lm.txt): remove it, or "
                                  "choose another --out")
             built = json.loads((corpus / "corpus.json").read_text())
+            if built.get("held_out_speakers") != held_out_speakers():
+                raise SystemExit(f"{corpus} was built by an older version (held-out speakers "
+                                 f"{built.get('held_out_speakers')}, not {held_out_speakers()}): remove it, or "
+                                 "choose another --out")
             if (built.get("minutes_requested"), built.get("seed")) != (minutes, seed):
                 raise SystemExit(f"{corpus} was built with --minutes {built.get('minutes_requested')} --seed "
                                  f"{built.get('seed')}, not {minutes:g} / {seed}: remove it, or choose another --out")
