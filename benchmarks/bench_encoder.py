@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import command_line, cpu_name, measure_in_child, proc_status_bytes, reset_peak_memory, write_results
+from machine import measure_in_child, proc_status_bytes, reset_peak_memory, run_header, write_results
 from torch import nn
 
 SAMPLE_RATE = 16000
@@ -497,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.time()
     meta = {
-        "command": command_line(__file__, argv),
-        "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+        **run_header(__file__, argv),
+        "threads": args.threads,
         "chunk_seconds": args.chunk_seconds, "train_seconds": train_seconds, "budget_s": args.budget_s,
         "max_gb": args.max_gb, "omp_wait_policy": args.omp_wait_policy, "rounds": args.rounds,
         "loadavg_start": os.getloadavg(),

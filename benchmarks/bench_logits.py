@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.models.hubert.hubert import HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
-from machine import command_line, cpu_name, measure_in_child, time_and_peak_memory, write_results
+from machine import measure_in_child, run_header, time_and_peak_memory, write_results
 
 IMPLS = ("fairseq", "ours")
 CASES = {  # name: (frames S, k-means clusters, final_dim D)
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:34s} {impl:8s} {outcome.get('time_s', 0) * 1e3:8.1f} ms "
                   f"{outcome.get('peak_mb', 0):7.0f} MB  {outcome['status']}", flush=True)
     meta = {
-        "command": command_line(__file__, argv),
-        "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+        **run_header(__file__, argv),
+        "threads": args.threads,
         "wall_s": round(time.time() - started, 1),
     }
     write_results(args.out, {"meta": meta, "cases": results}, markdown(results, meta), None, "")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import command_line, cpu_name, measure_in_child, time_and_peak_memory, write_results
+from machine import measure_in_child, run_header, time_and_peak_memory, write_results
 
 BLOCKS = ("mamba", "mamba2")
 MODES = ("inference", "train")
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                     results.append({**case, "time_s": None, "peak_mb": None, **outcome})
                     print(f"{mode:9s} d={d_model:<4d} L={length:<6d} {block:7s} {_fmt(results[-1]['time_s'])} s "
                           f"{_fmt(results[-1]['peak_mb'])} MB {results[-1]['status']}", flush=True)
-    meta = {"command": command_line(__file__, argv),
-            "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+    meta = {**run_header(__file__, argv),
+            "threads": args.threads,
             "wall_s": round(time.time() - started, 1)}
     write_results(args.out, {"meta": meta, "ratios": ratios(results), "cases": results}, markdown(results, meta),
                   None, "")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import command_line, cpu_name, measure_in_child, time_and_peak_memory, write_results
+from machine import measure_in_child, run_header, time_and_peak_memory, write_results
 
 IMPLS = ("ours", "mamba_ssm_ref", "mambapy")
 MODES = ("forward", "forward_backward")
@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{_fmt(result['time_s'])} s  {_fmt(result['peak_mb'])} MB  {result['status']}", flush=True)
 
     meta = {
-        "command": command_line(__file__, argv),
-        "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__, "batch": args.batch,
+        **run_header(__file__, argv),
+        "threads": args.threads, "batch": args.batch,
         "d_inner": args.d_inner, "budget_s": args.budget_s, "max_gb": args.max_gb,
         "wall_s": round(time.time() - started, 1),
     }

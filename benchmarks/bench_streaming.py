@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import command_line, cpu_name, measure_in_child, write_results
+from machine import measure_in_child, run_header, write_results
 
 SAMPLE_RATE = 16000
 DEFAULT_MODELS = ("mamba_base_iter1", "mamba2_small_iter1")
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         for row in results[name].get("rows", []):
             print(f"{name} {row['chunk_ms']:g} ms: mean {row['mean_ms']:.1f} ms, max {row['max_ms']:.1f} ms, "
                   f"RTF {row['rtf']:.3f}", flush=True)
-    meta = {"command": command_line(__file__, argv),
-            "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__, "seconds": args.seconds,
+    meta = {**run_header(__file__, argv),
+            "threads": args.threads, "seconds": args.seconds,
             "wall_s": round(time.time() - started, 1)}
     write_results(args.out, {"meta": meta, "models": results}, markdown(results, meta), None, "")
     return 0

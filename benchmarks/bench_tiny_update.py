@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from machine import command_line, cpu_name, write_results
+from machine import run_header, write_results
 
 WARM_UP_UPDATES = 50
 DEFAULT_MODELS = ("tiny_conbimamba", "tiny_transformer")
@@ -95,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         results[model] = run_model(model, demo, args.work.resolve(), args.updates)
         for stage, rates in results[model].items():
             print(f"{model} {stage}: CNN {rates['cnn']:.2f}, log-mel {rates['fbank']:.2f} updates/s", flush=True)
-    meta = {"command": command_line(__file__, argv),
-            "cpu": cpu_name(), "torch": torch.__version__, "updates": args.updates,
+    meta = {**run_header(__file__, argv),
+            "updates": args.updates,
             "wall_s": round(time.time() - started, 1)}
     write_results(args.out, {"meta": meta, "models": results}, markdown(results, meta), None, "")
     return 0

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 
 def cpu_name() -> str:
     """The CPU model and core count, for the results' header."""
@@ -24,9 +26,11 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def command_line(script: str, argv: list[str] | None) -> str:
-    """How the benchmark `script` (its __file__) was run, for the results' header: argv, or the process's own."""
-    return " ".join(["python", f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
+def run_header(script: str, argv: list[str] | None) -> dict:
+    """The results' header every benchmark starts with: how `script` (its __file__) was run (argv, or the process's
+    own), the CPU and torch's version."""
+    command = " ".join(["python", f"benchmarks/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
+    return {"command": command, "cpu": cpu_name(), "torch": torch.__version__}
 
 
 def write_results(out: Path, payload: dict, markdown: str, plot: Callable[[Path], None] | None, png_name: str) -> None:
