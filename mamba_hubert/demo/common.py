@@ -4,6 +4,7 @@ fine-tuned model, run `mamba-hubert-mi` on a checkpoint, and read fairseq's json
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -11,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import editdistance
+import soundfile as sf
 
 from mamba_hubert.analysis.plots import line_figure
-from mamba_hubert.data.corpus import build_corpus, held_out_speakers
+from mamba_hubert.data.corpus import cached_corpus
+from mamba_hubert.data.judge import Judge, normalise, score
 from mamba_hubert.data.kmeans import run_kmeans
 from mamba_hubert.data.mfcc import dump_mfcc
 from mamba_hubert.data.ngram_lm import build_arpa
+from mamba_hubert.data.voices import DEFAULT_VOICES
 from mamba_hubert.demo.fairseq_tools import decoded_hypotheses, generate_wer, generation_results, run_console_script
 
 logger = logging.getLogger("mamba_hubert.demo")
@@ -75,27 +79,24 @@ class DemoData:
     transcribe_lm: tuple[str, ...]  # the same beam search in mamba-hubert-transcribe's flags
 
 
-def prepare_data(out: Path, minutes: float, seed: int, clusters: int, jobs: int, times: dict[str, float]) -> DemoData:
-    """The corpus (reused when `out` already has one built with the same size and seed), MFCC k-means labels and a
-    3-gram LM."""
+DEFAULT_CORPUS_CACHE = Path("runs/corpus_cache")  # shared by the demo and the paper's comparison
+HUMAN_SPEECH = Path("/usr/share/pocketsphinx/test/data")  # Debian's pocketsphinx-testdata: 10 recorded clips
+
+
+def prepare_data(out: Path, minutes: float, seed: int, clusters: int, jobs: int, times: dict[str, float],
+                 voices: Path = DEFAULT_VOICES, corpus_cache: Path = DEFAULT_CORPUS_CACHE) -> DemoData:
+    """The corpus (from the cache shared by every job, keyed by voices, seed, minutes, engine versions and model
+    hashes; `out/corpus` links to it), MFCC k-means labels and a 3-gram LM."""
     corpus, mfcc_dir, labels = out / "corpus", out / "features" / "mfcc", out / "labels" / "iter1"
 
     def make_corpus() -> None:
-        if (corpus / "corpus.json").exists():
-            if not (corpus / "lm.txt").exists():
-                raise SystemExit(f"{corpus} was built by an older version (it has no lm.txt): remove it, or "
-                                 "choose another --out")
-            built = json.loads((corpus / "corpus.json").read_text())
-            if built.get("held_out_speakers") != held_out_speakers():
-                raise SystemExit(f"{corpus} was built by an older version (held-out speakers "
-                                 f"{built.get('held_out_speakers')}, not {held_out_speakers()}): remove it, or "
-                                 "choose another --out")
-            if (built.get("minutes_requested"), built.get("seed")) != (minutes, seed):
-                raise SystemExit(f"{corpus} was built with --minutes {built.get('minutes_requested')} --seed "
-                                 f"{built.get('seed')}, not {minutes:g} / {seed}: remove it, or choose another --out")
-            log(f"reusing {corpus}")
-        else:
-            build_corpus(str(corpus), minutes, jobs=jobs, seed=seed, log=log)
+        if corpus.exists() and not corpus.is_symlink():
+            raise SystemExit(f"{corpus} was built by an older version (corpora now live in {corpus_cache}): remove "
+                             "it, or choose another --out")
+        cached = cached_corpus(corpus_cache, minutes, jobs, seed, voices, log)
+        corpus.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        corpus.symlink_to(cached, target_is_directory=True)
 
     def make_labels() -> None:
         for split in SPLITS:
@@ -106,6 +107,36 @@ def prepare_data(out: Path, minutes: float, seed: int, clusters: int, jobs: int,
     timed(times, "MFCC + k-means labels", make_labels)
     lm = timed(times, "3-gram LM (IRSTLM)", build_arpa, corpus / "lm.txt", corpus / "lm.arpa")
     return DemoData(corpus, labels, *lm_decoder_flags(corpus / "lexicon.txt", lm))
+
+
+def human_speech(out: Path, corpus: Path) -> Path:
+    """`out/human`: the recorded clips of pocketsphinx-testdata (five LibriVox sentences, five card names) as a
+    fairseq subset `human` with the corpus's letter dictionary, transcripts written as the corpus writes them."""
+    human = out / "human"
+    human.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for folder, listing in (("librivox", "transcription"), ("cards", "cards.transcription")):
+        for line in (HUMAN_SPEECH / folder / listing).read_text().splitlines():
+            match = re.match(r"<s>(.*)</s>\s*\((\S+)\)", line.strip())
+            if match:
+                rows.append((HUMAN_SPEECH / folder / f"{match.group(2)}.wav", normalise(match.group(1))))
+    manifest = ["/"] + [f"{str(path).lstrip('/')}\t{sf.info(path).frames}" for path, _ in rows]
+    (human / "human.tsv").write_text("".join(line + "\n" for line in manifest))
+    (human / "human.wrd").write_text("".join(f"{words}\n" for _, words in rows))
+    (human / "human.ltr").write_text("".join(" ".join(words.replace(" ", "|")) + " |\n" for _, words in rows))
+    shutil.copyfile(corpus / "dict.ltr.txt", human / "dict.ltr.txt")
+    return human
+
+
+def judge_subset(data_dir: Path, subset: str, times: dict[str, float]) -> dict[str, dict]:
+    """faster-whisper base's WER on a subset, by speaker where the subset has a meta.tsv, and "all"."""
+    root = Path((data_dir / f"{subset}.tsv").read_text().splitlines()[0])
+    paths = [root / line.split("\t")[0] for line in (data_dir / f"{subset}.tsv").read_text().splitlines()[1:]]
+    references = (data_dir / f"{subset}.wrd").read_text().splitlines()
+    meta = data_dir / f"{subset}.meta.tsv"
+    groups = ([row.split("\t")[3] for row in meta.read_text().splitlines()[1:]] if meta.exists()
+              else [subset] * len(paths))
+    return timed(times, f"judge {subset}", lambda: score(Judge(threads=1), list(zip(groups, references, paths))))
 
 
 def lm_decoder_flags(lexicon: Path, lm: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:

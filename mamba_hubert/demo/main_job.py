@@ -14,13 +14,18 @@ from pathlib import Path
 from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
 from mamba_hubert.analysis.verdict import RULE_SUMMARY
 from mamba_hubert.command_line import setup_logging
+from mamba_hubert.data.judge import JUDGE_NAME
 from mamba_hubert.data.kmeans import subsample_labels
+from mamba_hubert.data.voices import DEFAULT_VOICES
 from mamba_hubert.demo.common import (
     BEAM,
+    DEFAULT_CORPUS_CACHE,
     LM_WEIGHT,
     SPLITS,
     WORD_SCORE,
     decode_test,
+    human_speech,
+    judge_subset,
     layerwise_mi_of,
     log,
     merge_mi_parts,
@@ -33,7 +38,7 @@ from mamba_hubert.demo.common import (
     transcribe_agreement,
     wer_by_speaker,
 )
-from mamba_hubert.demo.fairseq_tools import hydra_train
+from mamba_hubert.demo.fairseq_tools import generate_wer, hydra_train
 from mamba_hubert.models.param_count import DEFAULT_CONFIG_DIR, build_from_config, count_parameters
 
 # title -> (pretraining config, fine-tuned and decoded?)
@@ -93,7 +98,8 @@ def finetune_overrides(speeds: Sequence[float]) -> list[str]:
 
 def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates: int, clusters: int,
              jobs: int, seed: int, pretrain_only_updates: int, front_end: str = "fbank",
-             finetune_speeds: Sequence[float] = FINETUNE_SPEEDS) -> Path:
+             finetune_speeds: Sequence[float] = FINETUNE_SPEEDS, voices: Path = DEFAULT_VOICES,
+             corpus_cache: Path = DEFAULT_CORPUS_CACHE) -> Path:
     """The whole chain into `out`; models that are only pretrained (for the MI comparison) take
     `pretrain_only_updates`."""
     if front_end not in FRONT_ENDS:
@@ -101,7 +107,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     out = out.resolve()
     times: dict[str, float] = {}
     demo_start = time.time()
-    data = prepare_data(out, minutes, seed, clusters, jobs, times)
+    data = prepare_data(out, minutes, seed, clusters, jobs, times, voices, corpus_cache)
+    human = human_speech(out, data.corpus)
     labels = data.labels
     if front_end == "fbank":
         labels = out / "labels" / "iter1_50hz"
@@ -141,8 +148,12 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
                       for kind in ("greedy", "lm")}
         agreement = transcribe_agreement(data, out / "models" / config / "finetune" / "checkpoint_best.pt",
                                          out / "models" / config, times, config)
+        human_wer = {kind: timed(times, f"decode {config} human speech ({kind})", generate_wer, human, human,
+                                 out / "models" / config / "finetune" / "checkpoint_best.pt", "human",
+                                 out / "models" / config / f"human_{kind}", None, 1, flags)
+                     for kind, flags in (("greedy", ()), ("lm", data.lm_decoding))}
         return {"test_wer": wer, "test_wer_lm": wer_lm, "test_wer_by_speaker": by_speaker,
-                "transcribe_agreement": agreement}
+                "transcribe_agreement": agreement, "human_wer": human_wer}
 
     def analyse(name: str, checkpoint: Path, part: str) -> dict:
         return layerwise_mi_of(checkpoint, name, out / "mi" / "parts" / part, mi_args, times)
@@ -154,6 +165,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
         graph[f"pretrain {config}"] = ((), lambda t=title, c=config, f=finetuned: pretrain(t, c, f))
         if finetuned:
             graph[f"fine-tune {config}"] = ((f"pretrain {config}",), lambda c=config: finetune(c))
+    graph["judge"] = ((), lambda: {"test": judge_subset(data.corpus, "test", times),
+                                   "human": judge_subset(human, "human", times)["all"]})
     for title, (config, finetuned) in MODELS.items():
         if finetuned:
             graph[f"decode {config}"] = ((f"fine-tune {config}",), lambda t=title, c=config: decode(t, c))
@@ -179,8 +192,9 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
             chain.update(done[f"fine-tune {config}"], **done[f"decode {config}"])
             finetune_curves[title] = chain["finetune_curves"]
         pretrain_curves[title] = chain["pretrain_curves"]
-        results[title] = {"config": config, **{k: chain[k] for k in ("params", "test_wer", "test_wer_lm", "valid_uer",
-                                                                     "test_wer_by_speaker", "transcribe_agreement") if k in chain}}
+        results[title] = {"config": config, **{k: chain[k] for k in (
+            "params", "test_wer", "test_wer_lm", "valid_uer", "test_wer_by_speaker", "transcribe_agreement",
+            "human_wer") if k in chain}}
         if finetuned:
             results[title]["checkpoint"] = str(chain["checkpoint"])
     mi = merge_mi_parts({name: done[f"MI {name}"] for name in mi_order})
@@ -190,12 +204,13 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     plot_curves(finetune_curves, "loss", "train_inner", "CTC loss (train)", out / "finetune_loss.png")
     plot_curves(finetune_curves, "valid_uer", "valid", "valid letter error rate (%)", out / "finetune_valid_uer.png")
     plot_curves(finetune_curves, "valid_wer", "valid", "valid WER (%)", out / "finetune_valid_wer.png")
+    judged = done["judge"]
     (out / "results.json").write_text(
-        json.dumps({"models": results, "front_end": front_end, "seed": seed, "wall_seconds": times,
-                    "total_seconds": time.time() - demo_start}, indent=2) + "\n")
+        json.dumps({"models": results, "judge": {"name": JUDGE_NAME, **judged}, "front_end": front_end, "seed": seed,
+                    "wall_seconds": times, "total_seconds": time.time() - demo_start}, indent=2) + "\n")
     report = write_report(out, results, mi, json.loads((data.corpus / "corpus.json").read_text()), times,
                           time.time() - demo_start, pretrain_updates, pretrain_only_updates, finetune_updates, clusters,
-                          front_end, finetune_speeds)
+                          front_end, finetune_speeds, judged)
     log(f"report: {report}")
     return report
 
@@ -206,8 +221,13 @@ FRONT_END_TEXT = {"cnn": "HuBERT's CNN on the waveform (50 Hz, every other label
 
 def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[str, float], total_seconds: float,
                  pretrain_updates: int, pretrain_only_updates: int, finetune_updates: int, clusters: int,
-                 front_end: str = "fbank", finetune_speeds: Sequence[float] = FINETUNE_SPEEDS) -> Path:
+                 front_end: str = "fbank", finetune_speeds: Sequence[float] = FINETUNE_SPEEDS,
+                 judged: dict | None = None) -> Path:
     splits = ", ".join(f"{s} {v['utterances']} utterances / {v['minutes']} min" for s, v in corpus["splits"].items())
+    engines = sorted({voice["engine"] for voice in corpus.get("voices", ())})
+    unseen_engines = {split: sorted({v["engine"] for v in corpus.get("voices", ()) if v["split"] == split}
+                                    - {v["engine"] for v in corpus.get("voices", ()) if v["split"] == "train"})
+                      for split in ("valid", "test")}
     only = [r["config"] for r in results.values() if "test_wer" not in r]
     if only and pretrain_only_updates != pretrain_updates:
         pretraining = (f"{pretrain_updates} updates ({', '.join(f'`{c}`' for c in only)}, pretrained only for the MI "
@@ -218,8 +238,12 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
                   if finetune_speeds else "no augmentation")
     lines = [
         "# mamba-hubert demo report", "",
-        (f"Corpus (synthetic TTS speech): {splits}. Valid and test each hold out their own voices and sentences: "
-         "neither split's speakers are heard in training."),
+        (f"Corpus (synthetic speech of {', '.join(engines) or 'TTS engines'}): {splits}; built in "
+         f"{times.get('corpus', 0):.0f} s of this run's {total_seconds:.0f} s (0 when reused from the cache). Valid and "
+         "test each hold out their own voices and sentences: neither split's speakers are heard in training. Test "
+         f"also hears an engine training never hears ({', '.join(unseen_engines['test']) or 'none'}); valid does not "
+         f"({', '.join(unseen_engines['valid']) or 'no unseen engine'}), so valid measures unseen voices of known "
+         "engines only."),
         (f"Labels: k-means ({clusters} clusters) on MFCC at 100 Hz. Front end: "
          f"{FRONT_END_TEXT[front_end]}. Pretraining: {pretraining}; "
          f"CTC fine-tuning (fairseq `hubert_ctc`): {finetune_updates} updates, "
@@ -240,12 +264,23 @@ def write_report(out: Path, results: dict, mi: dict, corpus: dict, times: dict[s
         else:
             scores = "(pretrained only) | - | -"
         lines.append(f"| {title} | `{r['config']}` | {r['params'] / 1e6:.2f} M | {scores} |")
+    if judged:
+        lines.append(f"| {JUDGE_NAME}, greedy (an independent reference, not trained here) | - | 74 M | "
+                     f"{judged['test']['all']['wer']:.2f}% | - | - |")
     by_speaker = [f"{title}: " + ", ".join(f"{speaker} {wer:.1f}% / {r['test_wer_by_speaker']['lm'][speaker]:.1f}%"
                                            for speaker, wer in r["test_wer_by_speaker"]["greedy"].items()
                                            if speaker != "all")
                   for title, r in results.items() if "test_wer_by_speaker" in r]
     if by_speaker:
         lines += ["", f"Test WER by held-out speaker (greedy / lexicon + LM): {'; '.join(by_speaker)}."]
+    if judged:
+        lines += ["", "The judge's test WER by held-out speaker: " + ", ".join(
+            f"{speaker} {result['wer']:.1f}%" for speaker, result in judged["test"].items() if speaker != "all") + "."]
+        human = [f"{title} {r['human_wer']['greedy']:.1f}% greedy / {r['human_wer']['lm']:.1f}% with the lexicon + LM"
+                 for title, r in results.items() if "human_wer" in r]
+        lines += ["", ("Recorded human speech (Debian's pocketsphinx-testdata: five LibriVox sentences read by one "
+                       f"woman, five card names by another speaker; {judged['human']['words']} words, a small sample): "
+                       f"WER {'; '.join(human)}; the judge {judged['human']['wer']:.1f}%.")]
     agreements = [f"{title}: {r['transcribe_agreement']['greedy'][0]}/{r['transcribe_agreement']['greedy'][1]} "
                   f"greedy, {r['transcribe_agreement']['lm'][0]}/{r['transcribe_agreement']['lm'][1]} with the "
                   "lexicon + LM" for title, r in results.items() if "transcribe_agreement" in r]
@@ -293,10 +328,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="every model's front end: log-mel (extractor_mode=fbank), or HuBERT's CNN on the waveform")
     parser.add_argument("--speed-perturb", type=float, nargs="*", default=list(FINETUNE_SPEEDS),
                         help="speed factors drawn per utterance in CTC fine-tuning; none (a bare flag) turns it off")
+    parser.add_argument("--voices", type=Path, default=DEFAULT_VOICES, help="the corpus's voices file")
+    parser.add_argument("--corpus-cache", type=Path, default=DEFAULT_CORPUS_CACHE,
+                        help="where corpora are built once and shared (with `make paper`)")
     args = parser.parse_args(argv)
     setup_logging()
     run_demo(args.out, args.minutes, args.pretrain_updates, args.finetune_updates, args.clusters, args.jobs,
-             args.seed, args.pretrain_only_updates, args.front_end, args.speed_perturb)
+             args.seed, args.pretrain_only_updates, args.front_end, args.speed_perturb, args.voices, args.corpus_cache)
 
 
 if __name__ == "__main__":
