@@ -66,6 +66,27 @@ def test_report_states_each_models_pretraining_updates(tmp_path):
             in report)
 
 
+def test_report_puts_the_judge_beside_the_models_and_states_unseen_engines(tmp_path):
+    results = {"Mamba-HuBERT (ConBiMamba)": {"config": "tiny_conbimamba", "params": 1.5e6, "test_wer": 40.0,
+                                             "test_wer_lm": 20.0, "valid_uer": 15.0,
+                                             "human_wer": {"greedy": 90.0, "lm": 70.5}}}
+    corpus = {"splits": {"train": {"utterances": 10, "minutes": 1.0}},
+              "lm": {"sentences": 5, "lexicon_words": 9, "test_oov_percent": 1.0},
+              "voices": [{"speaker": "a", "engine": "kokoro", "split": "train"},
+                         {"speaker": "b", "engine": "kokoro", "split": "valid"},
+                         {"speaker": "joe", "engine": "piper", "split": "test"}]}
+    judged = {"test": {"all": {"wer": 7.25}, "joe": {"wer": 12.5}}, "human": {"words": 92, "wer": 3.26}}
+    mi = {"seeds": [0], "utterances": 4, "layers": {}, "verdicts": {}}
+    report = write_report(tmp_path, results, mi, corpus, {"corpus": 600.0}, 2400.0, 20, 10, 15, 100,
+                          judged=judged).read_text()
+    assert "| faster-whisper base (74 M parameters, 680 k hours of training audio), greedy" in report
+    assert "| 74 M | 7.25% | - | - |" in report
+    assert "The judge's test WER by held-out speaker: joe 12.5%." in report
+    assert "Mamba-HuBERT (ConBiMamba) 90.0% greedy / 70.5% with the lexicon + LM; the judge 3.3%." in report
+    assert "built in 600 s of this run's 2400 s" in report
+    assert "Test also hears an engine training never hears (piper); valid does not (no unseen engine)" in report
+
+
 def test_wer_by_speaker_counts_word_errors_of_each_speakers_utterances(tmp_path):
     (tmp_path / "test.wrd").write_text("THE LORD IS GOD\nBRETHREN PRAY\nFOR US\n")
     (tmp_path / "test.meta.tsv").write_text("id\tengine\tvoice\tspeaker\trate\tpitch\ttext\n"

@@ -15,7 +15,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from mamba_hubert.data import corpus, model_files, neural_voices
-from mamba_hubert.data.judge import Judge, word_errors
+from mamba_hubert.data.judge import Judge, normalise, word_errors
 from mamba_hubert.data.neural_voices import KOKORO_MODEL, Kokoro, Piper
 from mamba_hubert.data.phones import SAMPLE_RATE
 from mamba_hubert.data.voices import DEFAULT_VOICES, VoicesFileError, read_voices
@@ -170,6 +170,13 @@ def test_kokoro_and_piper_phone_starts_agree_with_pocketsphinx(aligned_sentences
         median_ms, within_50 = agreement(errors)
         assert failed <= 2 and len(errors) > 200, engine
         assert median_ms <= 20 and within_50 >= 0.9, (engine, median_ms, within_50)
+
+
+def test_the_judges_words_are_written_as_the_corpus_writes_them():
+    assert normalise(" And Mr. Dashwood, 10 of clubs; 42 ill-disposed men's 115") == (
+        "AND MISTER DASHWOOD TEN OF CLUBS FORTY TWO ILL DISPOSED MEN'S ONE HUNDRED AND FIFTEEN")
+    assert word_errors("BOAST NOT OF TO MORROW IN HIS FAVOUR", "BOTH NOT OF TOMORROW IN HIS FAVOR") == (1, 8)
+    assert word_errors("THE FOUR HOURS", "THE FOR HOURS") == (1, 3)  # FOUR is not an -our spelling
 
 
 def test_the_judge_reads_kokoro_and_catches_a_broken_phoneme_mapping(monkeypatch, tmp_path):
