@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
-from mamba_hubert.modules.encoder import LAYER_TYPES, MAMBA_INITS
+from mamba_hubert.modules.encoder import MAMBA_INITS
+from mamba_hubert.modules.layer_types import layer_type_names
 from mamba_hubert.ops import SCAN_IMPLS
 
 
 @dataclass
 class MambaLayerConfig(FairseqDataclass):
-    layer_type: ChoiceEnum(LAYER_TYPES) = field(
+    layer_type: ChoiceEnum(layer_type_names()) = field(
         default="conbimamba", metadata={"help": "encoder layer type; `transformer` is fairseq's HuBERT layer, "
                                                 "`conformer` fairseq's Conformer layer (exact under padding)"}
     )

@@ -27,9 +27,11 @@ from torch import nn
 
 from mamba_hubert.models.encoder_config import EncoderConfig
 from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
-from mamba_hubert.modules.encoder import LAYER_TYPES, MAMBA_INITS, MambaEncoder
+from mamba_hubert.modules.encoder import MAMBA_INITS, MambaEncoder
+from mamba_hubert.modules.layer_interface import per_frames
+from mamba_hubert.modules.layer_types import layer_type_names
 
-HEAD_LAYER_TYPES = ("none", *LAYER_TYPES)
+HEAD_LAYER_TYPES = ("none", *layer_type_names())
 
 
 @dataclass
@@ -103,7 +105,7 @@ class UpstreamHeadEncoder(HubertEncoder):
         self.head_proj, self.head = None, None
         if cfg.head_layer_type != "none":
             self.head_proj = nn.Linear(width, cfg.head_embed_dim)
-            self.head = MambaEncoder(head_encoder_config(cfg))
+            self.head = MambaEncoder(head_encoder_config(cfg), name="head", field_prefix="model.head_")
             width = cfg.head_embed_dim
         self.proj = Linear(width, len(task.target_dictionary))
 
@@ -123,6 +125,12 @@ class UpstreamHeadEncoder(HubertEncoder):
             "encoder_padding_mask": padding_mask,
             "padding_mask": padding_mask,
         }
+
+    def head_logits_long(self, upstream: torch.Tensor, chunk: int) -> torch.Tensor:
+        """proj(head(head_proj(upstream))) in eval mode on a whole sequence (b, T, C), in chunks of frames where the
+        head's layers can (`MambaEncoder.forward_long`)."""
+        x = per_frames(self.head_proj, chunk, upstream)
+        return per_frames(self.proj, chunk, self.head.forward_long(x, chunk))
 
     def upstream_features(
         self, source: torch.Tensor, padding_mask: torch.Tensor | None
