@@ -31,6 +31,7 @@ from mamba_hubert.models.seeded_masks import SeededMasking
 from mamba_hubert.modules.encoder import MambaEncoder, fairseq_buildable
 from mamba_hubert.modules.fbank import FbankFeatureExtractor
 from mamba_hubert.modules.layer_interface import NotStreamableError, per_frames
+from mamba_hubert.modules.side_channel import attribute_during
 from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm
 
 logger = logging.getLogger(__name__)
@@ -112,11 +113,8 @@ class MambaHubertModel(SeededMasking, HubertModel):
         norm = self._first_group_norm()
         if norm is None or padding_mask is None:
             return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
-        norm.valid_frames = conv_output_lengths((~padding_mask).sum(-1), self.conv_layers[:1])
-        try:
+        with attribute_during([norm], "valid_frames", conv_output_lengths((~padding_mask).sum(-1), self.conv_layers[:1])):
             return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
-        finally:
-            norm.valid_frames = None
 
     def forward_padding_mask(self, features: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """Frame mask from the exact conv arithmetic: a frame is valid only if its whole window is."""

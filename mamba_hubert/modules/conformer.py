@@ -11,6 +11,7 @@ from fairseq.modules.conformer_layer import ConformerWav2Vec2EncoderLayer, Convo
 
 from mamba_hubert.modules.layer_interface import WholeSequenceLayer
 from mamba_hubert.modules.layers import batch_norm_valid
+from mamba_hubert.modules.side_channel import attribute_during
 
 
 class _PaddingExactConvolution(ConvolutionModule):
@@ -47,8 +48,5 @@ class PaddingExactConformerLayer(WholeSequenceLayer, ConformerWav2Vec2EncoderLay
 
     def forward(self, x: torch.Tensor, self_attn_mask: torch.Tensor | None = None,
                 self_attn_padding_mask: torch.Tensor | None = None, **kwargs):
-        self.conv_module.padding_mask = self_attn_padding_mask
-        try:
+        with attribute_during([self.conv_module], "padding_mask", self_attn_padding_mask):
             return super().forward(x, self_attn_mask, self_attn_padding_mask, **kwargs)
-        finally:
-            self.conv_module.padding_mask = None
