@@ -16,11 +16,10 @@ from fairseq.data import Dictionary
 
 from mamba_hubert.data.ngram_lm import TLM_PATHS
 from mamba_hubert.demo.fairseq_tools import decoded_hypotheses, generate_wer, hydra_train
-from mamba_hubert.inference import transcribe
+from mamba_hubert.inference import ctc_decoding, transcribe
+from mamba_hubert.inference.ctc_decoding import CTCGreedyDecoder, utterance_log_probs
 from mamba_hubert.inference.long_form import ctc_logits_long
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
-from mamba_hubert.tasks import ctc_decoding
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, utterance_log_probs
 from tests.conftest import SMALL_HEAD, build_asr_model
 from tests.fairseq_runs import (
     SMALL_MODEL,

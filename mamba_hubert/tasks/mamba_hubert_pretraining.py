@@ -16,9 +16,9 @@ from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPret
 from omegaconf import II
 
 from mamba_hubert.data.check import validate_or_raise
+from mamba_hubert.inference.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.models.seeded_masks import seeded_draws
 from mamba_hubert.tasks.augmentation import Augmentation, SeededAugmentation
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 
 logger = logging.getLogger(__name__)
 
