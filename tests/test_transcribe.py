@@ -84,6 +84,17 @@ def error_line(capsys, *argv: str) -> str:
     return message
 
 
+def test_the_checkpoint_is_an_option_and_the_positional_form_is_deprecated(run, capsys):
+    checkpoint, wav = str(run / "ft" / "checkpoint_last.pt"), str(run / "tones" / "wav" / "valid0.wav")
+    transcribe.main(["--checkpoint", checkpoint, wav])
+    option = capsys.readouterr()
+    transcribe.main([checkpoint, wav])
+    positional = capsys.readouterr()
+    assert option.out == positional.out and option.out.startswith(f"{wav}\t")
+    assert "deprecated" not in option.err
+    assert f"deprecated and stops working in 0.2.0; use --checkpoint {checkpoint}" in positional.err
+
+
 def test_missing_and_unreadable_files_are_one_line(run, capsys, tmp_path):
     checkpoint = str(run / "ft" / "checkpoint_last.pt")
     missing = str(tmp_path / "nothing.wav")
