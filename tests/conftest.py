@@ -9,9 +9,12 @@ from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig
 
 from mamba_hubert.models import MambaHubertAsr, MambaHubertAsrConfig, MambaHubertConfig, MambaHubertModel
 from mamba_hubert.models.param_count import kmeans_dictionary
-from mamba_hubert.modules.encoder import LAYER_TYPES
+from mamba_hubert.modules.layer_types import layer_type_names
 from mamba_hubert.tasks import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
 from tests.fairseq_runs import SMALL_MODEL, TINY_CONV, make_tone_corpus, pretrain_overrides, train_fairseq_hubert
+
+LAYER_TYPES = layer_type_names()
+MAMBA_LAYER_TYPES = tuple(name for name in LAYER_TYPES if name not in ("transformer", "conformer"))  # with Mamba blocks
 
 
 def load_benchmark(name: str) -> ModuleType:

@@ -6,8 +6,7 @@ training step holds when its backward starts (the recompute then holds one layer
 import pytest
 import torch
 
-from mamba_hubert.modules.encoder import LAYER_TYPES
-from tests.conftest import tiny_model
+from tests.conftest import LAYER_TYPES, tiny_model
 
 
 def loss_gradients_and_saved_bytes(layer_type: str, checkpoint_activations: bool):

@@ -13,7 +13,7 @@ from fairseq.data import Dictionary
 
 from mamba_hubert.data.ngram_lm import TLM_PATHS
 from mamba_hubert.demo.fairseq_tools import generate_wer, generation_results, hydra_train
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
+from mamba_hubert.inference.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.tasks.mamba_hubert_pretraining import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
 from tests.fairseq_runs import (
     SMALL_MODEL,

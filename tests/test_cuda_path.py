@@ -5,9 +5,8 @@ exist; the project's CPU machines skip it (tests/test_against_mamba_ssm.py check
 import pytest
 import torch
 
-from mamba_hubert.modules.encoder import MAMBA_LAYER_TYPES
 from mamba_hubert.ops.selective_scan import fused_mamba_inner, resolve_scan_impl
-from tests.conftest import tiny_model
+from tests.conftest import MAMBA_LAYER_TYPES, tiny_model
 
 
 def _cuda_scan_available() -> bool:

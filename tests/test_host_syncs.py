@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mamba_hubert.modules.encoder import MAMBA_LAYER_TYPES
 from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm
-from tests.conftest import tiny_model
+from tests.conftest import MAMBA_LAYER_TYPES, tiny_model
 
 # Ops whose result (or output shape) depends on tensor values, so a CUDA stream must finish before the host goes on.
 HOST_READS = {"aten.equal.default", "aten._local_scalar_dense.default", "aten.nonzero.default",

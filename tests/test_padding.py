@@ -121,3 +121,11 @@ def test_fbank_frames_match_the_labels(tmp_path, label_rate):
 def test_fbank_refuses_a_label_rate_that_does_not_divide_100():
     with pytest.raises(ValueError, match="100 / label_rate must be a whole number; got label_rate=30"):
         tiny_model("mamba", extractor_mode="fbank", label_rate=30)
+
+
+def test_the_conformer_conv_padding_mask_is_cleared_even_when_its_forward_fails():
+    """The mask reaches fairseq's convolution module as a side channel: it must not outlive the call."""
+    layer = tiny_model("conformer").encoder.layers[0]
+    with pytest.raises(RuntimeError):
+        layer(torch.randn(5, 1, 7), self_attn_padding_mask=torch.zeros(1, 5, dtype=torch.bool))  # 7 channels, not 32
+    assert layer.conv_module.padding_mask is None

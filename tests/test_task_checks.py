@@ -1,5 +1,8 @@
 """The training task refuses bad data before training starts, naming the file and line."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -65,3 +68,10 @@ def test_nan_reaching_a_batch_stops_training_before_any_step(tmp_path):
     log = (tmp_path / "train.log").read_text()
     assert "FloatingPointError" in str(failure.value) and "NaN detected in output of" in log
     assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
+
+
+def test_the_plugin_imports_the_mi_estimators_only_when_the_probe_runs():
+    """fairseq imports the plugin (and so this task) for every run; the probe's estimators load only when it runs."""
+    code = "import sys, mamba_hubert; print(sorted(m for m in sys.modules if m.startswith('mamba_hubert.analysis')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

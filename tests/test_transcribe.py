@@ -16,11 +16,10 @@ from fairseq.data import Dictionary
 
 from mamba_hubert.data.ngram_lm import TLM_PATHS
 from mamba_hubert.demo.fairseq_tools import decoded_hypotheses, generate_wer, hydra_train
-from mamba_hubert.inference import transcribe
+from mamba_hubert.inference import ctc_decoding, transcribe
+from mamba_hubert.inference.ctc_decoding import CTCGreedyDecoder, utterance_log_probs
 from mamba_hubert.inference.long_form import ctc_logits_long
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
-from mamba_hubert.tasks import ctc_decoding
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, utterance_log_probs
 from tests.conftest import SMALL_HEAD, build_asr_model
 from tests.fairseq_runs import (
     SMALL_MODEL,
@@ -83,6 +82,17 @@ def error_line(capsys, *argv: str) -> str:
     message = str(exit_info.value.code)
     assert "\n" not in message and message.startswith("mamba-hubert-transcribe: error: ")
     return message
+
+
+def test_the_checkpoint_is_an_option_and_the_positional_form_is_deprecated(run, capsys):
+    checkpoint, wav = str(run / "ft" / "checkpoint_last.pt"), str(run / "tones" / "wav" / "valid0.wav")
+    transcribe.main(["--checkpoint", checkpoint, wav])
+    option = capsys.readouterr()
+    transcribe.main([checkpoint, wav])
+    positional = capsys.readouterr()
+    assert option.out == positional.out and option.out.startswith(f"{wav}\t")
+    assert "deprecated" not in option.err
+    assert f"deprecated and stops working in 0.2.0; use --checkpoint {checkpoint}" in positional.err
 
 
 def test_missing_and_unreadable_files_are_one_line(run, capsys, tmp_path):

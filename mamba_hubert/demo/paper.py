@@ -74,11 +74,6 @@ FRONT_END = ("model.freeze_upstream=true", "model.upstream_weighted_sum=true")
 RECONSTRUCTION_TITLE = "Reconstruction Mamba (SSAMBA-like)"
 RECONSTRUCTION_CONFIG = "tiny_inn_bimamba"  # examples/config/reconstruction
 RECONSTRUCTION_LR = 0.006  # the grid's best on the valid split, as the ASR models' above
-PAPER_MI = {  # what the paper reports or expects of each model's I(X;T) curve
-    "conbimamba_linear": "falls",
-    "conbimamba_conformer": "falls then rises",
-    "reconstruction": "falls then rises",
-}
 
 
 @dataclass(frozen=True)

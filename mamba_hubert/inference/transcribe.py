@@ -1,8 +1,11 @@
 """`mamba-hubert-transcribe`: the text of audio files, by a fine-tuned CTC checkpoint (hubert_ctc, mamba_hubert_asr).
 
-    mamba-hubert-transcribe CHECKPOINT a.wav b.flac [--lexicon lexicon.txt --lm lm.arpa [--lm-weight 2
+    mamba-hubert-transcribe --checkpoint CHECKPOINT a.wav b.flac [--lexicon lexicon.txt --lm lm.arpa [--lm-weight 2
         --word-score -1 --beam 50 --beam-threshold 25]] [--json]
-    mamba-hubert-transcribe CHECKPOINT a.wav --stream --chunk-ms 100
+    mamba-hubert-transcribe --checkpoint CHECKPOINT a.wav --stream --chunk-ms 100
+
+The checkpoint is `--checkpoint`, as for every tool of this package; the older form with the checkpoint first among
+the positional arguments still works, with a deprecation line on stderr, until 0.2.0.
 
 Prints `path<TAB>text` per file on stdout, or with --json one JSON object per file: path, text and the words of the
 greedy CTC alignment with their start and end in seconds. Decoding is the task's own generator (what
@@ -31,11 +34,11 @@ from fairseq.models.hubert import HubertCtc
 
 import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
 from mamba_hubert.command_line import UsageError, one_line_errors, warnings_only
+from mamba_hubert.inference.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 from mamba_hubert.inference.long_form import ctc_logits_long
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
 from mamba_hubert.models.frames import receptive_field
 from mamba_hubert.models.mamba_hubert import MambaHubertModel
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 
 LONG_FORM_SECONDS = 30.0
 
@@ -158,8 +161,9 @@ def word_timings(log_probs: torch.Tensor, greedy: CTCGreedyDecoder, frame_second
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mamba-hubert-transcribe", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a fine-tuned hubert_ctc or mamba_hubert_asr checkpoint")
-    parser.add_argument("audio", nargs="+", help="wav or flac files")
+    parser.add_argument("--checkpoint", help="a fine-tuned hubert_ctc or mamba_hubert_asr checkpoint")
+    parser.add_argument("audio", nargs="+", help="wav or flac files (without --checkpoint, deprecated: the checkpoint, "
+                                                 "then the files)")
     parser.add_argument("--lexicon", help="lexicon ('WORD\\tW O R D |' lines) for beam search; needs --lm")
     parser.add_argument("--lm", help="KenLM model (ARPA or binary) for beam search; needs --lexicon")
     # the task's --ctc-* options of fairseq-generate (None: the task's default)
@@ -170,7 +174,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="per file a JSON line: text and word timings")
     parser.add_argument("--stream", action="store_true", help="feed each file in chunks (causal models)")
     parser.add_argument("--chunk-ms", type=float, default=100.0, help="chunk length with --stream")
-    args = parser.parse_args(argv)
+    # intermixed: the older form puts options between its positional checkpoint and the files
+    args = parser.parse_intermixed_args(argv)
+    if args.checkpoint is None:  # the older positional form, kept until 0.2.0
+        if len(args.audio) < 2:
+            parser.error("the following arguments are required: --checkpoint")
+        args.checkpoint, args.audio = args.audio[0], args.audio[1:]
+        print(f"{parser.prog}: the checkpoint as the first positional argument is deprecated and stops working in "
+              f"0.2.0; use --checkpoint {args.checkpoint}", file=sys.stderr)
     if args.chunk_ms <= 0:
         parser.error(f"--chunk-ms must be positive, got {args.chunk_ms}")
     if (args.lexicon is None) != (args.lm is None):

@@ -1,18 +1,22 @@
 """Config fields of the plugin's encoders, shared by every model that builds one (fairseq reads these dataclasses to
 make command-line flags and hydra config groups)."""
 
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
-from mamba_hubert.modules.encoder import LAYER_TYPES, MAMBA_INITS
+from mamba_hubert.modules.encoder import MAMBA_INITS
+from mamba_hubert.modules.layer_types import layer_type_names
 from mamba_hubert.ops import SCAN_IMPLS
 
 
 @dataclass
 class MambaLayerConfig(FairseqDataclass):
-    layer_type: ChoiceEnum(LAYER_TYPES) = field(
+    """What one layer is: its type (the registry's names) and every setting of the layer types. mamba_hubert_asr's
+    head has each field again as `head_<field>`, generated from this class (`layer_config_fields`)."""
+
+    layer_type: ChoiceEnum(layer_type_names()) = field(
         default="conbimamba", metadata={"help": "encoder layer type; `transformer` is fairseq's HuBERT layer, "
                                                 "`conformer` fairseq's Conformer layer (exact under padding)"}
     )
@@ -34,6 +38,12 @@ class MambaLayerConfig(FairseqDataclass):
                                                "per layer x layers), as mamba-ssm) or bert (fairseq's N(0, 0.02)); "
                                                "dt_proj, A_log and D are mamba-ssm's either way"}
     )
+    depthwise_conv_kernel_size: int = field(default=31, metadata={"help": "conv module kernel (conformer, conbimamba)"})
+
+
+def layer_config_fields() -> list[Field]:
+    """The fields of `MambaLayerConfig` (without FairseqDataclass's `_name`)."""
+    return [f for f in fields(MambaLayerConfig) if not f.name.startswith("_")]
 
 
 @dataclass
@@ -54,6 +64,5 @@ class EncoderConfig(MambaLayerConfig):
     conv_pos: int = field(default=128, metadata={"help": "positional conv width; 0: none (no look-ahead)"})
     conv_pos_groups: int = field(default=16, metadata={"help": "groups of the positional conv"})
     required_seq_len_multiple: int = field(default=1, metadata={"help": "pad sequences to a multiple of this"})
-    depthwise_conv_kernel_size: int = field(default=31, metadata={"help": "conv module kernel (conformer, conbimamba)"})
     checkpoint_activations: bool = field(
         default=False, metadata={"help": "recompute each layer's activations in the backward instead of keeping them"})

@@ -1,9 +1,12 @@
 """`mamba_hubert`: fairseq's HuBERT with a Mamba encoder, an exact frame padding mask and span masks drawn from
-(seed, update, utterance ids) (`seeded_masks`).
+(seed, update, utterance ids) (`seeded_masks`). Beside fairseq's forward, the model (front end included) has its
+encoder's inference interface: `initial_state` and `forward_chunk` on audio that arrives in chunks, `forward_long` on
+a recording of any length.
 """
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +19,19 @@ from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPret
 from torch import nn
 
 from mamba_hubert.models.encoder_config import MambaLayerConfig
-from mamba_hubert.models.frames import causal_left_padding, conv_output_lengths, fbank_layers
+from mamba_hubert.models.frames import (
+    causal_left_padding,
+    conv_output_length,
+    conv_output_lengths,
+    fbank_layers,
+    receptive_field,
+)
+from mamba_hubert.models.front_end import conv_features_long, has_group_norm
 from mamba_hubert.models.seeded_masks import SeededMasking
 from mamba_hubert.modules.encoder import MambaEncoder, fairseq_buildable
 from mamba_hubert.modules.fbank import FbankFeatureExtractor
+from mamba_hubert.modules.layer_interface import NotStreamableError, per_frames
+from mamba_hubert.modules.side_channel import attribute_during
 from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm
 
 logger = logging.getLogger(__name__)
@@ -38,6 +50,17 @@ class MambaHubertConfig(MambaLayerConfig, HubertConfig):
                                              "log-mel bins (25 ms / 10 ms), then two convs subsampling to "
                                              "label_rate, as wide as conv_feature_layers' last layer; causal"}
     )
+
+
+@dataclass
+class StreamState:
+    """Where a stream through the model stands: the samples from the next frame's window on (less than one window
+    once a chunk is consumed), how many frames it gave, and the encoder's state."""
+
+    samples: torch.Tensor  # (batch, n), starting at sample hop * frames of the (left-padded) stream
+    num_samples: int  # samples of the left-padded stream so far
+    frames: int
+    encoder: list[Any]
 
 
 @register_model("mamba_hubert", dataclass=MambaHubertConfig)
@@ -90,11 +113,8 @@ class MambaHubertModel(SeededMasking, HubertModel):
         norm = self._first_group_norm()
         if norm is None or padding_mask is None:
             return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
-        norm.valid_frames = conv_output_lengths((~padding_mask).sum(-1), self.conv_layers[:1])
-        try:
+        with attribute_during([norm], "valid_frames", conv_output_lengths((~padding_mask).sum(-1), self.conv_layers[:1])):
             return super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
-        finally:
-            norm.valid_frames = None
 
     def forward_padding_mask(self, features: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """Frame mask from the exact conv arithmetic: a frame is valid only if its whole window is."""
@@ -159,3 +179,56 @@ class MambaHubertModel(SeededMasking, HubertModel):
             )
             x = x.masked_fill(torch.from_numpy(channel_mask).to(x.device).unsqueeze(1), 0.0)
         return x, mask_indices
+
+    def check_streamable(self) -> None:
+        """NotStreamableError saying why the model cannot stream exactly, if it cannot."""
+        if self.training:
+            raise NotStreamableError("call model.eval() first: dropout and layer drop make chunked and offline "
+                                     "outputs differ")
+        if has_group_norm(self.feature_extractor):
+            raise NotStreamableError("extractor_mode=default normalises over the whole utterance; use "
+                                     "extractor_mode=layer_norm or fbank")
+        self.encoder.check_streamable()
+
+    def initial_state(self, batch: int = 1) -> StreamState:
+        """The state before a stream's first sample; refuses a model that cannot stream. The fbank front end's left
+        padding is carried as samples before the stream, so the unpadded front end run on the carried window
+        computes what the model computes offline on the padded audio."""
+        self.check_streamable()
+        return StreamState(self.encoder.layer_norm.weight.new_zeros(batch, self.left_padding), self.left_padding, 0,
+                           self.encoder.initial_state(batch))
+
+    def forward_chunk(self, audio: torch.Tensor, state: StreamState, output_layer: int | None = None
+                      ) -> tuple[list[torch.Tensor], StreamState]:
+        """The next samples (batch, n) of a stream -> the hidden states of the frames they complete ([encoder input,
+        output of layer 1, ..., the output up to `output_layer`], each (batch, new_frames, dim), as
+        `extract_features(whole audio, output_layer=output_layer)` computes them), and the state."""
+        state.samples = torch.cat([state.samples, audio.to(state.samples.dtype)], dim=1)
+        state.num_samples += audio.shape[1]
+        new_frames = conv_output_length(state.num_samples, self.conv_layers) - state.frames
+        if new_frames <= 0:
+            empty = state.samples.new_zeros(len(state.samples), 0, self.encoder.embedding_dim)
+            return [empty] * (len(self.encoder.layers[:output_layer]) + 1), state
+        window, hop = receptive_field(self.conv_layers)
+        # Frame k reads samples [hop k, hop k + window): exactly this segment gives the new frames.
+        features = self.feature_extractor(state.samples[:, : (new_frames - 1) * hop + window]).transpose(1, 2)
+        hidden, state.encoder = self.encoder.forward_chunk(self._project_features(features), state.encoder,
+                                                           output_layer)
+        state.samples = state.samples[:, new_frames * hop :].clone()
+        state.frames += new_frames
+        return hidden, state
+
+    def forward_long(self, audio: torch.Tensor, chunk_samples: int, output_layer: int | None = None,
+                     hidden_states: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """`extract_features(audio[None], output_layer=output_layer)[0]` (eval mode) for audio (num_samples,) of any
+        length, with the working set of `chunk_samples` samples' frames in the front end and in each layer that can
+        (its `forward_long`): (1, frames, dim); with `hidden_states`, the list of every hidden state."""
+        audio = F.pad(audio, (self.left_padding, 0))  # the fbank front end's causal padding, as forward_features
+        chunk = max(1, chunk_samples // receptive_field(self.conv_layers)[1])
+        x = per_frames(self._project_features, chunk, conv_features_long(self, audio, chunk_samples))
+        return self.encoder.forward_long(x, chunk, output_layer, hidden_states)
+
+    def _project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """HubertModel's per-frame steps between the front end and the encoder in eval mode: layer norm, projection."""
+        x = self.layer_norm(features)
+        return x if self.post_extract_proj is None else self.post_extract_proj(x)

@@ -25,14 +25,31 @@ from fairseq.models import register_model
 from fairseq.models.hubert.hubert_asr import HubertCtc, HubertCtcConfig, HubertEncoder, Linear
 from torch import nn
 
-from mamba_hubert.models.encoder_config import EncoderConfig
-from mamba_hubert.modules.bimamba import BIMAMBA_FUSIONS
-from mamba_hubert.modules.encoder import LAYER_TYPES, MAMBA_INITS, MambaEncoder
+from mamba_hubert.models.encoder_config import EncoderConfig, layer_config_fields
+from mamba_hubert.modules.encoder import MambaEncoder
+from mamba_hubert.modules.layer_interface import per_frames
+from mamba_hubert.modules.layer_types import layer_type_names
 
-HEAD_LAYER_TYPES = ("none", *LAYER_TYPES)
+HEAD_LAYER_TYPES = ("none", *layer_type_names())
+HEAD = "head_"
+
+
+def with_head_layer_fields(cls: type) -> type:
+    """Adds `head_<field>` for every field of the layer config (`MambaLayerConfig`), with its type, default and
+    help, to a class that @dataclass then reads: a setting added there reaches the head with no copy here. The layer
+    type also has `none` (no head), its default."""
+    for layer_field in layer_config_fields():
+        kind, default, help_text = layer_field.type, layer_field.default, layer_field.metadata["help"]
+        if layer_field.name == "layer_type":
+            kind, default = ChoiceEnum(HEAD_LAYER_TYPES), "none"
+            help_text = "downstream encoder's layer type before the CTC projection; none: a linear head (hubert_ctc)"
+        cls.__annotations__[HEAD + layer_field.name] = kind
+        setattr(cls, HEAD + layer_field.name, field(default=default, metadata={"help": f"head: {help_text}"}))
+    return cls
 
 
 @dataclass
+@with_head_layer_fields
 class MambaHubertAsrConfig(HubertCtcConfig):
     autoregressive: bool = field(default=False, metadata={"help": "read by fairseq's HubertEncoder; CTC is not"})
     upstream_layer: int = field(
@@ -44,9 +61,7 @@ class MambaHubertAsrConfig(HubertCtcConfig):
     freeze_upstream: bool = field(
         default=False, metadata={"help": "train only the head and the CTC projection; the upstream runs in eval "
                                          "mode without gradient or masking"})
-    head_layer_type: ChoiceEnum(HEAD_LAYER_TYPES) = field(
-        default="none", metadata={"help": "downstream encoder before the CTC projection; none: a linear head "
-                                          "(hubert_ctc)"})
+    # the head's shape; its layer settings are the generated head_<layer config field>s
     head_layers: int = field(default=2, metadata={"help": "layers of the downstream encoder"})
     head_embed_dim: int = field(default=256, metadata={"help": "width of the downstream encoder"})
     head_ffn_embed_dim: int = field(default=1024, metadata={"help": "FFN width of the downstream layers"})
@@ -56,29 +71,16 @@ class MambaHubertAsrConfig(HubertCtcConfig):
         default=0, metadata={"help": "width of the downstream encoder's positional conv (attention layers need "
                                      "positions); 0: none"})
     head_conv_pos_groups: int = field(default=16, metadata={"help": "groups of that positional conv"})
-    head_depthwise_conv_kernel_size: int = field(
-        default=31, metadata={"help": "conv module kernel of conformer / conbimamba head layers"})
-    head_mamba_d_state: int = field(default=16, metadata={"help": "SSM state size of Mamba head layers"})
-    head_mamba_expand: float = field(default=2, metadata={"help": "expansion of Mamba head layers"})
-    head_mamba_headdim: int = field(default=64, metadata={"help": "channels per SSD head of mamba2 head layers"})
-    head_mamba_ngroups: int = field(default=1, metadata={"help": "groups of SSD heads sharing B and C (mamba2)"})
-    head_mamba_chunk_size: int = field(default=256, metadata={"help": "SSD scan chunk length of mamba2 head layers"})
-    head_bimamba_fusion: ChoiceEnum(BIMAMBA_FUSIONS) = field(
-        default="concat", metadata={"help": "fusion of bidirectional Mamba head layers"})
-    head_mamba_init: ChoiceEnum(MAMBA_INITS) = field(
-        default="mamba_ssm", metadata={"help": "init of the Mamba head layers' projections (see mamba_init)"})
 
 
 def head_encoder_config(cfg: MambaHubertAsrConfig) -> EncoderConfig:
     """The downstream encoder's settings, in the field names `MambaEncoder` reads."""
     return EncoderConfig(
-        layer_type=cfg.head_layer_type, encoder_layers=cfg.head_layers, encoder_embed_dim=cfg.head_embed_dim,
+        **{f.name: getattr(cfg, HEAD + f.name) for f in layer_config_fields()},
+        encoder_layers=cfg.head_layers, encoder_embed_dim=cfg.head_embed_dim,
         encoder_ffn_embed_dim=cfg.head_ffn_embed_dim, encoder_attention_heads=cfg.head_attention_heads,
         dropout=cfg.head_dropout, attention_dropout=cfg.head_dropout, activation_dropout=cfg.head_dropout,
-        conv_pos=cfg.head_conv_pos, conv_pos_groups=cfg.head_conv_pos_groups,
-        depthwise_conv_kernel_size=cfg.head_depthwise_conv_kernel_size, mamba_d_state=cfg.head_mamba_d_state,
-        mamba_expand=cfg.head_mamba_expand, mamba_headdim=cfg.head_mamba_headdim, mamba_ngroups=cfg.head_mamba_ngroups,
-        mamba_chunk_size=cfg.head_mamba_chunk_size, bimamba_fusion=cfg.head_bimamba_fusion, mamba_init=cfg.head_mamba_init)
+        conv_pos=cfg.head_conv_pos, conv_pos_groups=cfg.head_conv_pos_groups)
 
 
 class UpstreamHeadEncoder(HubertEncoder):
@@ -103,7 +105,7 @@ class UpstreamHeadEncoder(HubertEncoder):
         self.head_proj, self.head = None, None
         if cfg.head_layer_type != "none":
             self.head_proj = nn.Linear(width, cfg.head_embed_dim)
-            self.head = MambaEncoder(head_encoder_config(cfg))
+            self.head = MambaEncoder(head_encoder_config(cfg), name="head", field_prefix="model.head_")
             width = cfg.head_embed_dim
         self.proj = Linear(width, len(task.target_dictionary))
 
@@ -123,6 +125,12 @@ class UpstreamHeadEncoder(HubertEncoder):
             "encoder_padding_mask": padding_mask,
             "padding_mask": padding_mask,
         }
+
+    def head_logits_long(self, upstream: torch.Tensor, chunk: int) -> torch.Tensor:
+        """proj(head(head_proj(upstream))) in eval mode on a whole sequence (b, T, C), in chunks of frames where the
+        head's layers can (`MambaEncoder.forward_long`)."""
+        x = per_frames(self.head_proj, chunk, upstream)
+        return per_frames(self.proj, chunk, self.head.forward_long(x, chunk))
 
     def upstream_features(
         self, source: torch.Tensor, padding_mask: torch.Tensor | None

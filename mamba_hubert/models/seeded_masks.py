@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from mamba_hubert.modules.encoder import MambaEncoder
+from mamba_hubert.modules.side_channel import attribute_during
 
 
 class SeededMasking:
@@ -37,14 +38,6 @@ def seeded_draws(model: torch.nn.Module, seed: int, utterance_ids: torch.Tensor)
     count, its forwards in the update)."""
     models = [module for module in model.modules() if isinstance(module, SeededMasking)]
     encoders = [module for module in model.modules() if isinstance(module, MambaEncoder)]
-    for module in models:
-        module.mask_key = (seed, utterance_ids.cpu())
-    for encoder in encoders:
-        encoder.layerdrop_seed = seed
-    try:
+    with attribute_during(models, "mask_key", (seed, utterance_ids.cpu())), \
+            attribute_during(encoders, "layerdrop_seed", seed):
         yield
-    finally:
-        for module in models:
-            module.mask_key = None
-        for encoder in encoders:
-            encoder.layerdrop_seed = None

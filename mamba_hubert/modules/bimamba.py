@@ -5,6 +5,7 @@ import copy
 import torch
 from torch import nn
 
+from mamba_hubert.modules.layer_interface import causal_over_chunks, per_frames
 from mamba_hubert.modules.mamba import Mamba, MambaState
 from mamba_hubert.ops.selective_scan import fused_mamba_inner
 
@@ -41,12 +42,14 @@ def refuse_state(mixer: nn.Module, state: MambaState | None) -> None:
     """A bidirectional mixer reads its whole input back to front, so there is no state to continue from."""
     if state is not None:
         raise ValueError(f"{type(mixer).__name__} is bidirectional: it runs on whole sequences and takes no state "
-                         f"(long_form runs its directions chunk by chunk)")
+                         f"(its forward_long runs each direction chunk by chunk)")
 
 
 class ExtBiMamba(nn.Module):
     """Two independent Mamba blocks (`block`: Mamba, or Mamba2 for `ext_bimamba2`), one reading the sequence
     backwards, fused by `concat` (a Linear over [forward; backward], Zhang et al.) or `sum` (Lin et al.)."""
+
+    causal = False
 
     def __init__(self, d_model: int, fusion: str = "concat", block: type[nn.Module] = Mamba, **mamba_kwargs) -> None:
         super().__init__()
@@ -68,11 +71,22 @@ class ExtBiMamba(nn.Module):
         out = self.fuse(torch.cat([forward_out, backward_out], dim=-1))
         return out if padding_mask is None else out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 
+    def forward_long(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """`forward(x)` of a whole unpadded sequence (b, T, d) with one chunk's working set: each block over the
+        chunks with its state carried, the backward one back to front over time-reversed chunks."""
+        forward = causal_over_chunks(self.forward_mamba, x, chunk)
+        backward = causal_over_chunks(self.backward_mamba, x, chunk, reverse=True)
+        if self.fuse is None:
+            return forward + backward
+        return per_frames(lambda f, b: self.fuse(torch.cat([f, b], dim=-1)), chunk, forward, backward)
+
 
 class InnBiMamba(Mamba):
     """Internal bidirectional Mamba ("Mamba in Speech", Vision Mamba v2): in_proj and out_proj are shared,
     the backward direction has its own conv1d, x_proj, dt_proj, A_log and D; the two gated outputs are
     averaged before out_proj."""
+
+    causal = False
 
     def __init__(self, d_model: int, **mamba_kwargs) -> None:
         super().__init__(d_model, **mamba_kwargs)
@@ -123,3 +137,23 @@ class InnBiMamba(Mamba):
             y_backward = self.scan_branch(reverse(hidden), reverse(gate), *backward_set)
             out = self.out_proj(((y_forward + reverse(y_backward)) / 2).transpose(1, 2))
         return out if padding_mask is None else out.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+
+    def forward_long(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """`forward(x)` of a whole unpadded sequence (b, T, d) with one chunk's working set: the forward branch front
+        to back, then the backward branch back to front, averaged and projected per chunk."""
+        batch, length, _ = x.shape
+        starts = range(0, length, chunk)
+        forward_y = x.new_empty(batch, self.d_inner, length)
+        state = self.allocate_state(batch)
+        for start in starts:
+            hidden, gate = self.in_proj(x[:, start : start + chunk]).transpose(1, 2).chunk(2, dim=1)
+            forward_y[..., start : start + chunk] = self.scan_branch(hidden, gate, *self.direction_parameters(False),
+                                                                     state)
+        out = torch.empty_like(x)
+        state = self.allocate_state(batch)
+        for start in reversed(starts):
+            hidden, gate = self.in_proj(x[:, start : start + chunk].flip(1)).transpose(1, 2).chunk(2, dim=1)
+            backward_y = self.scan_branch(hidden, gate, *self.direction_parameters(True), state)
+            y = (forward_y[..., start : start + chunk] + backward_y.flip(-1)) / 2
+            out[:, start : start + chunk] = self.out_proj(y.transpose(1, 2))
+        return out

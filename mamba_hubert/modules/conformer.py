@@ -9,7 +9,9 @@ parameters and their names are fairseq's, so checkpoints load either way.
 import torch
 from fairseq.modules.conformer_layer import ConformerWav2Vec2EncoderLayer, ConvolutionModule
 
+from mamba_hubert.modules.layer_interface import WholeSequenceLayer
 from mamba_hubert.modules.layers import batch_norm_valid
+from mamba_hubert.modules.side_channel import attribute_during
 
 
 class _PaddingExactConvolution(ConvolutionModule):
@@ -27,7 +29,7 @@ class _PaddingExactConvolution(ConvolutionModule):
         return self.dropout(self.pointwise_conv2(x)).transpose(1, 2)
 
 
-class PaddingExactConformerLayer(ConformerWav2Vec2EncoderLayer):
+class PaddingExactConformerLayer(WholeSequenceLayer, ConformerWav2Vec2EncoderLayer):
     """Conformer block (macaron FFNs, self-attention, convolution module) as fairseq builds it, with a
     convolution module that keeps padded frames out."""
 
@@ -39,10 +41,12 @@ class PaddingExactConformerLayer(ConformerWav2Vec2EncoderLayer):
         self.conv_module = _PaddingExactConvolution(embed_dim, embed_dim, depthwise_conv_kernel_size, dropout,
                                                     activation_fn="swish")
 
+    @classmethod
+    def from_args(cls, args) -> "PaddingExactConformerLayer":
+        return cls(args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.encoder_attention_heads, args.dropout,
+                   args.depthwise_conv_kernel_size, getattr(args, "attn_type", ""), getattr(args, "fp16", False))
+
     def forward(self, x: torch.Tensor, self_attn_mask: torch.Tensor | None = None,
                 self_attn_padding_mask: torch.Tensor | None = None, **kwargs):
-        self.conv_module.padding_mask = self_attn_padding_mask
-        try:
+        with attribute_during([self.conv_module], "padding_mask", self_attn_padding_mask):
             return super().forward(x, self_attn_mask, self_attn_padding_mask, **kwargs)
-        finally:
-            self.conv_module.padding_mask = None

@@ -1,7 +1,9 @@
 """fairseq's wav2vec2/HuBERT TransformerEncoder with Mamba layer types.
 
 fairseq keeps the positional conv, layer norm, LayerDrop, `layer=` early exit and padding to a
-multiple; only the layers differ. Layer type `transformer` is fairseq's own layer, unchanged.
+multiple; only the layers differ, built by the layer-type registry (`layer_types`). Layer type `transformer` is
+fairseq's own layer, unchanged. Beside fairseq's forward the encoder has its layers' inference interface
+(`initial_state`, `forward_chunk`, `forward_long`), refusing by name what cannot stream.
 
 LayerDrop draws from numpy's global generator, which no checkpoint holds, so a resumed run dropped other layers than
 the run it continued. Given `layerdrop_seed` (set around the tasks' steps by `models.seeded_masks.seeded_draws`),
@@ -9,8 +11,9 @@ a training forward draws from that generator seeded with (seed, update, forward 
 same layers on every rank, as fairseq's identically seeded generators gave (sharded layers need every rank).
 """
 
+from typing import Any
+
 import torch
-from fairseq import utils
 from fairseq.data.data_utils import numpy_seed
 from fairseq.distributed import fsdp_wrap
 from fairseq.models.wav2vec.wav2vec2 import TransformerEncoder
@@ -18,31 +21,13 @@ from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from torch import nn
 
 from mamba_hubert.modules.bimamba import check_right_padded
-from mamba_hubert.modules.conformer import PaddingExactConformerLayer
-from mamba_hubert.modules.layers import (
-    ConBiMambaEncoderLayer,
-    MambaEncoderLayer,
-    build_mixer,
-    statistics_kept_once,
-)
+from mamba_hubert.modules.layer_interface import NotStreamableError
+from mamba_hubert.modules.layer_types import layer_type, require_causal
+from mamba_hubert.modules.layers import statistics_kept_once
 from mamba_hubert.modules.mamba import Mamba
 from mamba_hubert.modules.mamba2 import Mamba2
 
-MAMBA_LAYER_TYPES = ("mamba", "ext_bimamba", "inn_bimamba", "conbimamba", "transbimamba", "mamba2", "ext_bimamba2")
-LAYER_TYPES = (*MAMBA_LAYER_TYPES, "transformer", "conformer")
 MAMBA_INITS = ("mamba_ssm", "bert")
-
-
-def mamba_kwargs_from(args) -> dict:
-    return {
-        "d_state": args.mamba_d_state,
-        "d_conv": args.mamba_d_conv,
-        "expand": args.mamba_expand,
-        "scan_impl": args.scan_impl,
-        "headdim": args.mamba_headdim,
-        "ngroups": args.mamba_ngroups,
-        "chunk_size": args.mamba_chunk_size,
-    }
 
 
 class ZeroPositionalConv(nn.Module):
@@ -78,14 +63,18 @@ def fairseq_buildable(args, **overrides) -> ArgsOverride:
 
 
 class MambaEncoder(TransformerEncoder):
+    """`name` and `field_prefix` say in messages which encoder this is and how its config fields are spelled (a
+    mamba_hubert_asr head: "head", "model.head_")."""
+
     layerdrop_seed: int | None = None
     num_updates: int = 0
     forwards_in_update: int = 0  # training forwards that drew LayerDrop since the update count changed
 
-    def __init__(self, args) -> None:
-        if args.layer_type not in LAYER_TYPES:
-            raise ValueError(f"layer_type must be one of {LAYER_TYPES}, got {args.layer_type!r}")
+    def __init__(self, args, name: str = "encoder", field_prefix: str = "") -> None:
+        layer_type(args.layer_type)  # an unknown type is refused by name before fairseq builds anything
         super().__init__(fairseq_buildable(args))
+        self.layer_type = args.layer_type
+        self.name, self.field_prefix = name, field_prefix
         if args.conv_pos == 0:
             self.pos_conv = ZeroPositionalConv()
         if args.mamba_init not in MAMBA_INITS:
@@ -117,45 +106,59 @@ class MambaEncoder(TransformerEncoder):
             return super().extract_features(x, padding_mask, tgt_layer, min_layer, corpus_key)
 
     def build_encoder_layer(self, args, **kwargs) -> nn.Module:
-        """A layer of `args.layer_type`, wrapped as fairseq wraps its own: for FSDP, and for activation checkpointing
-        when `checkpoint_activations` is set (recomputed in the backward instead of kept)."""
-        if args.layer_type == "transformer":
-            return super().build_encoder_layer(args, **kwargs)
-        layer = fsdp_wrap(self._build_layer(args))
+        """A layer of `args.layer_type` from the registry, wrapped as fairseq wraps its own: for FSDP, and for
+        activation checkpointing when `checkpoint_activations` is set (recomputed in the backward instead of kept)."""
+        layer = fsdp_wrap(layer_type(args.layer_type).build(args))
         if not args.checkpoint_activations:
             return layer
         layer.forward = statistics_kept_once(layer.forward)
         return checkpoint_wrapper(layer)
 
-    def _build_layer(self, args) -> nn.Module:
-        if args.layer_type == "conformer":
-            return PaddingExactConformerLayer(
-                args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.encoder_attention_heads, args.dropout,
-                args.depthwise_conv_kernel_size, getattr(args, "attn_type", ""), getattr(args, "fp16", False))
-        d_model = args.encoder_embed_dim
-        mamba_kwargs = mamba_kwargs_from(args)
-        if args.layer_type == "conbimamba":
-            return ConBiMambaEncoderLayer(
-                d_model,
-                args.encoder_ffn_embed_dim,
-                args.dropout,
-                args.activation_dropout,
-                args.depthwise_conv_kernel_size,
-                args.bimamba_fusion,
-                mamba_kwargs,
-            )
-        if args.layer_type == "transbimamba":
-            if args.encoder_ffn_embed_dim <= 0:
-                raise ValueError("transbimamba needs encoder_ffn_embed_dim > 0")
-            mixer = build_mixer("ext_bimamba", d_model, "concat", mamba_kwargs)
-        else:
-            mixer = build_mixer(args.layer_type, d_model, args.bimamba_fusion, mamba_kwargs)
-        return MambaEncoderLayer(
-            mixer,
-            d_model,
-            args.encoder_ffn_embed_dim,
-            args.dropout,
-            utils.get_activation_fn(args.activation_fn),
-            args.activation_dropout,
-            args.layer_norm_first,
-        )
+    def check_streamable(self) -> None:
+        """NotStreamableError, naming the field to change, unless every frame's output reads no later frame."""
+        if not isinstance(self.pos_conv, ZeroPositionalConv):
+            raise NotStreamableError(f"the {self.name}'s positional conv looks ahead; streaming needs "
+                                     f"{self.field_prefix}conv_pos=0")
+        require_causal(self.layer_type, f"{self.name} layer 0", f"{self.field_prefix}layer_type")
+
+    def initial_state(self, batch: int) -> list[Any]:
+        """Each layer's state before a sequence's first frame; refuses an encoder that cannot stream."""
+        self.check_streamable()
+        return [layer.initial_state(batch) for layer in self.layers]
+
+    def forward_chunk(self, x: torch.Tensor, state: list[Any], output_layer: int | None = None
+                      ) -> tuple[list[torch.Tensor], list[Any]]:
+        """The next chunk (b, t, d) of the encoder's input (eval mode) through its layers, or the first
+        `output_layer`, each continuing from its state: the hidden states [layer 1's input, each layer's output] as
+        fairseq's forward computes them (the zero positional conv and the padding to a multiple change nothing for a
+        causal encoder), the last after the final layer norm of a pre-LN encoder run to its end; and the state."""
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        hidden = [x]
+        for index, layer in enumerate(self.layers[:output_layer]):
+            y, state[index] = layer.forward_chunk(hidden[-1], state[index])
+            hidden.append(y)
+        if self.layer_norm_first and output_layer is None:
+            hidden[-1] = self.layer_norm(hidden[-1])
+        return hidden, state
+
+    def forward_long(self, x: torch.Tensor, chunk: int, output_layer: int | None = None,
+                     hidden_states: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """`forward(x, layer=output_layer)`'s output on a whole unpadded sequence (b, T, d) in eval mode, layer by
+        layer, each as it declares (`forward_long`), with one chunk's working set where it can; with
+        `hidden_states`, the list [layer 1's input, each layer's output] instead (the states `MambaHubertAsr`'s
+        weighted sum reads; they cost a (T, d) tensor each). May overwrite x."""
+        layer_type(self.layer_type)  # a type no longer registered is refused by name, not run another way
+        if output_layer is not None and not 1 <= output_layer <= len(self.layers):
+            raise ValueError(f"output_layer must be in 1..{len(self.layers)}, got {output_layer}")
+        x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        states = [x]
+        for layer in self.layers[:output_layer]:
+            # a causal layer writes its output over its input, which a kept state must not see
+            x = layer.forward_long(x.clone() if hidden_states else x, chunk)
+            states.append(x)
+        if self.layer_norm_first and output_layer is None:
+            states[-1] = self.layer_norm(states[-1])
+        return states if hidden_states else states[-1]

@@ -1,6 +1,7 @@
 """Encoder layers built on Mamba mixers. All take and return (time, batch, channels) like fairseq's
 TransformerSentenceEncoderLayer and return `x, (None, layer_result)` so fairseq's TransformerEncoder
-can stack them."""
+can stack them; each also has the inference interface of `layer_interface` and a `from_args` builder that the
+layer-type registry (`layer_types`) calls."""
 
 import functools
 from collections.abc import Callable
@@ -8,14 +9,29 @@ from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
+from fairseq import utils
 from torch import nn
 
 from mamba_hubert.modules.bimamba import ExtBiMamba, InnBiMamba
-from mamba_hubert.modules.mamba import Mamba
+from mamba_hubert.modules.layer_interface import ChunkedLayer, per_frames
+from mamba_hubert.modules.mamba import Mamba, MambaState
 from mamba_hubert.modules.mamba2 import Mamba2
 
 LayerOutput = tuple[torch.Tensor, tuple[None, torch.Tensor]]
 MAMBA2_ONLY_KWARGS = ("headdim", "ngroups", "chunk_size")  # what mamba_kwargs may hold for Mamba-2 mixers alone
+
+
+def mamba_kwargs_from(args) -> dict:
+    """The Mamba block settings of an encoder config (`MambaLayerConfig`'s fields)."""
+    return {
+        "d_state": args.mamba_d_state,
+        "d_conv": args.mamba_d_conv,
+        "expand": args.mamba_expand,
+        "scan_impl": args.scan_impl,
+        "headdim": args.mamba_headdim,
+        "ngroups": args.mamba_ngroups,
+        "chunk_size": args.mamba_chunk_size,
+    }
 
 
 def build_mixer(kind: str, d_model: int, fusion: str, mamba_kwargs: dict) -> nn.Module:
@@ -102,7 +118,7 @@ class FeedForward(nn.Module):
         return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
 
 
-class MambaEncoderLayer(nn.Module):
+class MambaEncoderLayer(ChunkedLayer, nn.Module):
     """Residual mixer, then an optional residual FFN (`d_ffn > 0`); post-LN like HuBERT Base, or pre-LN.
 
     With the `mamba` mixer this is Lin et al.'s mambaformer (`mamba2`: their mamba2former); with ExtBiMamba(concat)
@@ -129,6 +145,20 @@ class MambaEncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d_model) if d_ffn > 0 else None
         self.residual_branches = 2 if d_ffn > 0 else 1  # the mixer, the FFN: what mamba-ssm's init scales by
 
+    @classmethod
+    def from_args(cls, args) -> "MambaEncoderLayer":
+        """`mamba`, `ext_bimamba`, `inn_bimamba`, `mamba2`, `ext_bimamba2` (the mixer of that name) or `transbimamba`
+        (ExtBiMamba fused by concat, with an FFN)."""
+        mamba_kwargs = mamba_kwargs_from(args)
+        if args.layer_type == "transbimamba":
+            if args.encoder_ffn_embed_dim <= 0:
+                raise ValueError("transbimamba needs encoder_ffn_embed_dim > 0")
+            mixer = build_mixer("ext_bimamba", args.encoder_embed_dim, "concat", mamba_kwargs)
+        else:
+            mixer = build_mixer(args.layer_type, args.encoder_embed_dim, args.bimamba_fusion, mamba_kwargs)
+        return cls(mixer, args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.dropout,
+                   utils.get_activation_fn(args.activation_fn), args.activation_dropout, args.layer_norm_first)
+
     def forward(
         self, x: torch.Tensor, self_attn_padding_mask: torch.Tensor | None = None, **_unused
     ) -> LayerOutput:
@@ -148,8 +178,40 @@ class MambaEncoderLayer(nn.Module):
                 x = self.final_layer_norm(x + self.dropout(layer_result))
         return x.transpose(0, 1), (None, layer_result.transpose(0, 1))
 
+    def _mixer_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the mixer reads in eval mode: LN(x) for a pre-LN layer, x itself for a post-LN one."""
+        return self.mixer_layer_norm(x) if self.layer_norm_first else x
 
-class ConvolutionModule(nn.Module):
+    def _after_mixer(self, x: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        """The rest of `forward` in eval mode, given the mixer's output: residuals, layer norms and the optional FFN,
+        all per frame. (b, T, d) in and out."""
+        if self.layer_norm_first:
+            x = x + mixed
+            return x if self.ffn is None else x + self.ffn(self.final_layer_norm(x))
+        x = self.mixer_layer_norm(x + mixed)
+        return x if self.ffn is None else self.final_layer_norm(x + self.ffn(x))
+
+    def initial_state(self, batch: int) -> MambaState:
+        if not self.mixer.causal:
+            return super().initial_state(batch)
+        return self.mixer.allocate_state(batch)
+
+    def forward_chunk(self, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """The next chunk (b, t, d) of a sequence, the causal mixer's state advanced in place."""
+        if not self.mixer.causal:
+            return super().forward_chunk(x, state)
+        return self._after_mixer(x, self.mixer(self._mixer_input(x), state=state)), state
+
+    def forward_long(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Causal: chunk by chunk over x (`ChunkedLayer`); bidirectional: the mixer's own long-form (its backward
+        direction a second pass), then the per-frame rest."""
+        if self.mixer.causal:
+            return super().forward_long(x, chunk)
+        mixed = self.mixer.forward_long(self._mixer_input(x), chunk)
+        return per_frames(self._after_mixer, chunk, x, mixed)
+
+
+class ConBiMambaConvolution(nn.Module):
     """Conformer convolution module: LN -> pointwise (2C) -> GLU -> depthwise -> BatchNorm -> swish ->
     pointwise -> dropout. Padded frames are zeroed before the depthwise conv and excluded from the
     batch-norm statistics, so they cannot reach valid frames."""
@@ -173,8 +235,17 @@ class ConvolutionModule(nn.Module):
         x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)
         return self.dropout(self.pointwise_out(F.silu(batch_norm_valid(self.batch_norm, x, padding_mask))))
 
+    def forward_long(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """`forward(x, None)` in eval mode (batch norm with running statistics is per frame) with one chunk's working
+        set around the depthwise conv, which runs over the whole sequence at once (it looks both ways)."""
+        glu = per_frames(lambda c: F.glu(self.pointwise_in(self.layer_norm(c)), dim=-1), chunk, x)
+        mixed = self.depthwise(glu.transpose(1, 2)).transpose(1, 2)
+        del glu
+        return per_frames(lambda c: self.pointwise_out(F.silu(self.batch_norm(c.transpose(1, 2)).transpose(1, 2))),
+                          chunk, mixed)
 
-class ConBiMambaEncoderLayer(nn.Module):
+
+class ConBiMambaEncoderLayer(ChunkedLayer, nn.Module):
     """Conformer macaron block with ExtBiMamba in place of self-attention (Zhang et al.'s Mamba-HuBERT):
     x + FFN/2; x + ExtBiMamba(LN x); x + Conv; x + FFN/2; LN."""
 
@@ -195,12 +266,17 @@ class ConBiMambaEncoderLayer(nn.Module):
         self.ffn1 = FeedForward(d_model, d_ffn, F.silu, activation_dropout)
         self.mixer_layer_norm = nn.LayerNorm(d_model)
         self.mixer = build_mixer("ext_bimamba", d_model, fusion, mamba_kwargs)
-        self.conv = ConvolutionModule(d_model, kernel_size, dropout)
+        self.conv = ConBiMambaConvolution(d_model, kernel_size, dropout)
         self.ffn2_layer_norm = nn.LayerNorm(d_model)
         self.ffn2 = FeedForward(d_model, d_ffn, F.silu, activation_dropout)
         self.final_layer_norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
         self.residual_branches = 4  # FFN/2, mixer, conv module, FFN/2: what mamba-ssm's init scales by
+
+    @classmethod
+    def from_args(cls, args) -> "ConBiMambaEncoderLayer":
+        return cls(args.encoder_embed_dim, args.encoder_ffn_embed_dim, args.dropout, args.activation_dropout,
+                   args.depthwise_conv_kernel_size, args.bimamba_fusion, mamba_kwargs_from(args))
 
     def forward(
         self, x: torch.Tensor, self_attn_padding_mask: torch.Tensor | None = None, **_unused
@@ -213,3 +289,11 @@ class ConBiMambaEncoderLayer(nn.Module):
         layer_result = self.ffn2(self.ffn2_layer_norm(x))
         x = self.final_layer_norm(x + 0.5 * self.dropout(layer_result))
         return x.transpose(0, 1), (None, layer_result.transpose(0, 1))
+
+    def forward_long(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """`forward` in eval mode on a whole sequence (b, T, d): per-frame parts in chunks, the mixer's and the conv
+        module's own long-form."""
+        x = x + 0.5 * per_frames(lambda c: self.ffn1(self.ffn1_layer_norm(c)), chunk, x)
+        x = x + self.mixer.forward_long(self.mixer_layer_norm(x), chunk)
+        x = x + self.conv.forward_long(x, chunk)
+        return per_frames(lambda c: self.final_layer_norm(c + 0.5 * self.ffn2(self.ffn2_layer_norm(c))), chunk, x)

@@ -63,6 +63,8 @@ class Mamba(nn.Module):
     (`allocate_state`), the block continues the sequence that state ended and updates it in place.
     """
 
+    causal = True  # reads its input front to back only: a state carried between chunks continues it exactly
+
     def __init__(
         self,
         d_model: int,

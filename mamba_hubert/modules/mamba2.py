@@ -42,6 +42,8 @@ class Mamba2(nn.Module):
     gives each valid frame the output it has alone: the conv and scan are causal and padded inputs are zeroed.
     """
 
+    causal = True  # reads its input front to back only: a state carried between chunks continues it exactly
+
     def __init__(
         self,
         d_model: int,

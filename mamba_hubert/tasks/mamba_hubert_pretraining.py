@@ -15,11 +15,10 @@ from fairseq.tasks import register_task
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask, LabelEncoder
 from omegaconf import II
 
-from mamba_hubert.analysis.layerwise import XT_KEYS, layerwise_mi
 from mamba_hubert.data.check import validate_or_raise
+from mamba_hubert.inference.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 from mamba_hubert.models.seeded_masks import seeded_draws
 from mamba_hubert.tasks.augmentation import Augmentation, SeededAugmentation
-from mamba_hubert.tasks.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +196,9 @@ class MambaHubertPretrainingTask(HubertPretrainingTask):
     def probe_mutual_information(self, model) -> dict:
         """{"mi_xt_layer<i>": MINE's and "mi_xt_smile_layer<i>": SMILE's estimate of I(X;T_i) in nats} on the fixed
         probe set (marginal pairs within an utterance, as `mamba-hubert-mi`'s default)."""
+        # imported here, when the probe is on: every training imports this task, few need scikit-learn's estimators
+        from mamba_hubert.analysis.layerwise import XT_KEYS, layerwise_mi
+
         dataset = self.datasets[self.cfg.mi_probe_subset]
         count = min(self.cfg.mi_probe_utterances, len(dataset))
         waves = [dataset.get_audio(i).numpy() for i in range(count)]
