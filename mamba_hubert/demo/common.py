@@ -190,7 +190,7 @@ def transcribe_agreement(data: DemoData, checkpoint: Path, model_dir: Path, time
     for kind, flags in (("greedy", ()), ("lm", data.transcribe_lm)):
         decoded = decoded_hypotheses(model_dir / f"decode_{kind}", "test")
         printed = timed(times, f"transcribe {name} ({kind})", run_console_script,
-                        ["mamba-hubert-transcribe", str(checkpoint), *wavs, *flags],
+                        ["mamba-hubert-transcribe", "--checkpoint", str(checkpoint), *wavs, *flags],
                         model_dir / f"transcribe_{kind}.log", None, 1)
         texts = dict(line.split("\t", 1) for line in printed.splitlines() if "\t" in line and line.split("\t")[0] in wavs)
         agreement[kind] = [sum(texts.get(wav) == decoded[i] for i, wav in enumerate(wavs)), len(wavs)]

@@ -37,8 +37,8 @@ from mamba_hubert.command_line import UsageError, one_line_errors, warnings_only
 from mamba_hubert.inference.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 from mamba_hubert.inference.long_form import ctc_logits_long
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
-from mamba_hubert.models.frames import receptive_field
 from mamba_hubert.models.mamba_hubert import MambaHubertModel
+from mamba_hubert.modules.frames import receptive_field
 
 LONG_FORM_SECONDS = 30.0
 
