@@ -1,4 +1,5 @@
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,6 +13,11 @@ from mamba_hubert.models.param_count import kmeans_dictionary
 from mamba_hubert.modules.encoder import LAYER_TYPES
 from mamba_hubert.tasks import MambaHubertPretrainingConfig, MambaHubertPretrainingTask
 from tests.fairseq_runs import SMALL_MODEL, TINY_CONV, make_tone_corpus, pretrain_overrides, train_fairseq_hubert
+
+# Without a GPU, Triton's interpreter runs mamba-ssm's Mamba-2 kernels on CPU tensors (tests/triton_interpreter.py).
+# Triton reads this when it decorates its own language functions, at its first import: so here, before any test.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def load_benchmark(name: str) -> ModuleType:
