@@ -5,7 +5,7 @@ PYTHON ?= .venv/bin/python
 DEMO_DIR ?= runs/demo
 PAPER_DIR ?= runs/paper
 
-.PHONY: demo paper test lint system-deps bench gpu-bundle gpu-check
+.PHONY: demo paper test lint system-deps bench gpu-kernels gpu-bundle gpu-check
 
 .venv/.installed: scripts/setup_venv.sh setup.py
 	bash scripts/setup_venv.sh
@@ -28,6 +28,10 @@ lint: .venv/.installed
 bench: .venv/.installed
 	bash scripts/setup_bench_deps.sh
 	$(PYTHON) benchmarks/bench_scan.py --out benchmarks/results/scan --png
+
+# ~20 CPU minutes, not part of `test`: needs nvcc 13.0 and a CPython 3.12, no GPU
+gpu-kernels:
+	bash scripts/gpu_kernels.sh
 
 gpu-bundle: .venv/.installed
 	bash scripts/gpu_bundle.sh

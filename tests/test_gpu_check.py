@@ -11,7 +11,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = ("gpu_bundle.sh", "gpu_check.sh", "nvcc_one_arch.sh")
+SCRIPTS = ("gpu_bundle.sh", "gpu_check.sh", "gpu_kernels.sh", "nvcc_one_arch.sh")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -25,10 +25,11 @@ def test_nvcc_wrapper_compiles_for_the_present_architecture_only(tmp_path):
     fake_nvcc.chmod(0o755)
     env = {**os.environ, "NVCC_REAL": str(fake_nvcc), "GPU_CHECK_ARCH": "90"}
     arguments = ["-O3", "-gencode", "arch=compute_75,code=sm_75", "-gencode=arch=compute_80,code=sm_80",
-                 "-gencode", "arch=compute_90,code=sm_90", "--threads", "4", "-c", "a.cu"]
+                 "-gencode", "arch=compute_90,code=sm_90", "--threads", "4", "-lineinfo", "-c", "a.cu"]
     done = subprocess.run([str(REPO / "scripts" / "nvcc_one_arch.sh"), *arguments], env=env, check=True,
                           capture_output=True, text=True)
-    assert done.stdout.split() == ["-O3", "--threads", "4", "-c", "a.cu", "-gencode", "arch=compute_90,code=sm_90"]
+    assert done.stdout.split() == ["-O3", "--threads", "4", "-c", "a.cu", "--no-compress", "-gencode",
+                                   "arch=compute_90,code=sm_90"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU machine's stop before the CUDA steps")
