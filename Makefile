@@ -1,6 +1,7 @@
 # The README's two commands: `make demo` (the whole pipeline on a generated corpus) and `make test`;
 # `make paper`: the paper's comparison (a linear vs a Conformer head, a reconstruction-task Mamba, MI through each).
-# `make gpu-bundle` here (network), then `make gpu-check` on a GPU machine without network (README, GPU check).
+# `make gpu-kernels` and `make gpu-bundle` here (network), then `make gpu-check` on a GPU machine without network
+# (README, GPU check).
 PYTHON ?= .venv/bin/python
 DEMO_DIR ?= runs/demo
 PAPER_DIR ?= runs/paper

@@ -56,23 +56,36 @@ export NVCC_REAL="$CUDA_HOME/bin/nvcc" GPU_CHECK_ARCH=$ARCH PYTORCH_NVCC="$PWD/s
 export TORCH_CUDA_ARCH_LIST="${ARCH:0:-1}.${ARCH: -1}" MAX_JOBS=${MAX_JOBS:-2}
 export MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE  # build: never fetch a prebuilt wheel from GitHub
 export CFLAGS="${CFLAGS:-} -g0"  # after the interpreter's own -g: host debug info would only make the wheels bigger
+# A wheel already in $OUT_DIR with its build time in builds.tsv is kept (the pins above do not change): delete the
+# folder to build all again. --no-binary: PyPI has a cp312 wheel of fairseq-fixed, built against another torch.
+mkdir -p "$OUT_DIR"
+touch "$OUT_DIR/builds.tsv"
 for package in "${PACKAGES[@]}"; do
+  name=${package%%==*}
+  wheel_prefix="${name//-/_}-${package##*==}-"
+  if compgen -G "$OUT_DIR/$wheel_prefix*.whl" > /dev/null && grep -q "^$name	" "$OUT_DIR/builds.tsv"; then
+    echo "gpu_kernels: $package kept from an earlier build"
+    continue
+  fi
   echo "gpu_kernels: building $package ..."
   build_env=()
   # fairseq's setup.py adds CUDA extensions (which nothing here uses) whenever CUDA_HOME is set
-  [[ $package == fairseq-fixed* ]] && build_env=(-u CUDA_HOME)
-  if ! /usr/bin/time -f "${package%%==*}\t%e\t%U\t%S" -a -o "$staging/builds.tsv" \
-    env "${build_env[@]}" "$VENV/bin/python" -m pip wheel -v --no-build-isolation --no-deps -w "$staging/wheels" \
-    "$package" > "$LOGS/${package%%==*}.log" 2>&1; then
-    tail -n 30 "$LOGS/${package%%==*}.log" >&2
-    echo "gpu_kernels: $package did not build (log: $LOGS/${package%%==*}.log)" >&2
+  [[ $name == fairseq-fixed ]] && build_env=(-u CUDA_HOME)
+  rm -rf "$staging/wheels"
+  if ! /usr/bin/time -f "$name\t%e\t%U\t%S" -o "$staging/time.tsv" \
+    env "${build_env[@]}" "$VENV/bin/python" -m pip wheel -v --no-build-isolation --no-deps --no-binary "$name" \
+    -w "$staging/wheels" "$package" > "$LOGS/$name.log" 2>&1; then
+    tail -n 30 "$LOGS/$name.log" >&2
+    echo "gpu_kernels: $package did not build (log: $LOGS/$name.log)" >&2
     exit 1
   fi
+  rm -f "$OUT_DIR/$wheel_prefix"*.whl
+  mv "$staging"/wheels/*.whl "$OUT_DIR/"
+  { grep -v "^$name	" "$OUT_DIR/builds.tsv" || true; cat "$staging/time.tsv"; } > "$staging/builds.tsv"
+  mv "$staging/builds.tsv" "$OUT_DIR/builds.tsv"
 done
 
-rm -rf "$OUT_DIR" && mkdir -p "$OUT_DIR"
-mv "$staging"/wheels/*.whl "$OUT_DIR/"
-"$VENV/bin/python" scripts/gpu_kernels_info.py record "$OUT_DIR" --arch "$ARCH" --builds "$staging/builds.tsv" \
+"$VENV/bin/python" scripts/gpu_kernels_info.py record "$OUT_DIR" --arch "$ARCH" --builds "$OUT_DIR/builds.tsv" \
   --nvcc "$("$CUDA_HOME/bin/nvcc" --version | tail -n 2 | head -n 1)"
 
 # the wheels install and load against that torch; their entry points are there (the kernels need a GPU to run)
