@@ -104,3 +104,15 @@ def test_prebuilt_kernels_are_used_only_where_they_fit(tmp_path, changes, capabi
         assert done.returncode == 1 and difference in done.stdout, done.stdout + done.stderr
     missing = subprocess.run(command[:-1] + [str(tmp_path / "none")], capture_output=True, text=True, check=False)
     assert missing.returncode == 1 and missing.stdout.startswith("no prebuilt kernels")
+
+
+def test_kernel_build_names_what_is_missing(tmp_path):
+    """gpu_kernels.sh stops before any venv or download, naming each of nvcc 13.0 and CPython 3.12 it lacks."""
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "GPU_KERNELS_PYTHON": sys.executable,
+           "GPU_KERNELS_VENV": str(tmp_path / "venv")}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_kernels.sh")], env=env, capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "missing nvcc 13.0" in done.stderr
+    assert ("missing CPython 3.12" in done.stderr) == (sys.version_info[:2] != (3, 12))
+    assert not (tmp_path / "venv").exists()
