@@ -4,9 +4,10 @@
 # machine's Python (itself a venv there), what it lacks installed offline from gpu_bundle/ (`make gpu-bundle`):
 # mamba-ssm's, causal-conv1d's and fairseq's wheels prebuilt by `make gpu-kernels` where the machine's torch
 # git_version, CUDA, Python tag and GPU's compute capability are theirs, else built from the sdists here (the CUDA
-# kernels for the present GPU only); then the CUDA tests, benchmarks/bench_gpu.py and the CPU's fp16/bf16 tests. Writes $OUT/gpu_check.json and gpu_check.md (default OUT: runs/gpu_check), the logs
-# in $OUT/logs. Each step is timed and capped; a failed step is recorded and the next ones run where they can;
-# steps left when GPU_CHECK_BUDGET_S (default 540) is spent are recorded as skipped.
+# kernels for the present GPU only, with nvcc); then the CUDA tests, benchmarks/bench_gpu.py and the CPU's fp16/bf16
+# tests. Writes $OUT/gpu_check.json and gpu_check.md (default OUT: runs/gpu_check), the logs in $OUT/logs. Each step
+# is timed and capped; a failed step is recorded and the next ones run where they can; steps left when
+# GPU_CHECK_BUDGET_S (default 540) is spent are recorded as skipped.
 #   --skip-install   reuse GPU_CHECK_VENV as it is (no unpacking, venv or pip step)
 # Exit status: 0 every step passed; 1 a step failed or was skipped; 2 bad usage; 3 no CUDA device: every step that
 # needs none ran and passed, the CUDA steps did not run (the dry run of a CPU machine).
@@ -138,6 +139,10 @@ build_kernels() {
     return 0
   fi
   echo "building from the sdists for sm_${capability/./}"
+  if ! command -v nvcc >/dev/null; then
+    echo "no nvcc on PATH, in \$CUDA_HOME/bin or /usr/local/cuda/bin to build them with"
+    return 1
+  fi
   GPU_CHECK_ARCH=$("$VPY" -c "import torch; major, minor = torch.cuda.get_device_capability(); print(f'{major}{minor}')")
   NVCC_REAL=$(command -v nvcc)
   export GPU_CHECK_ARCH NVCC_REAL PYTORCH_NVCC="$REPO/scripts/nvcc_one_arch.sh" MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -158,8 +163,8 @@ build_kernels() {
   fi
   "$VPY" -m pip install --no-deps --force-reinstall "$WORK"/kernels/*.whl
 }
-# `import mamba_ssm` runs its __init__, which imports these from transformers and huggingface_hub (installed without
-# their declared dependencies); checked before the kernel build, which they do not need
+# `import mamba_ssm` runs its __init__, which imports these from the machine's transformers and huggingface_hub;
+# checked before the CUDA steps, which they do not need
 check_mamba_ssm_imports() {
   "$VPY" -c "
 from transformers.generation import GenerateDecoderOnlyOutput, TextStreamer
@@ -185,13 +190,13 @@ print('mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__versi
 # a skipped test here means the kernel was not found: a failure for this check. Triton's fp32 dots compare in IEEE
 # fp32 (its default on a GPU is TF32, ~1e-2 off at these sizes); the test module sets it too
 test_cuda_path() {
-  TRITON_F32_DEFAULT=ieee "$VPY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_path.py --junitxml="$OUT/logs/test_cuda_path.xml" &&
+  TRITON_F32_DEFAULT=ieee "$VPY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_path.py \
+    --junitxml="$OUT/logs/test_cuda_path.xml" &&
     grep -q 'skipped="0"' "$OUT/logs/test_cuda_path.xml"
 }
 bench_gpu() { "$VPY" benchmarks/bench_gpu.py --out "$OUT/bench"; }
-export -f unpack_bundle make_venv check_preinstalled install_wheels install_compiled install_project check_imports check_mamba_ssm_imports \
-  test_low_precision \
-  build_kernels check_kernel test_cuda_path bench_gpu
+export -f unpack_bundle make_venv check_preinstalled install_wheels install_compiled install_project check_imports \
+  check_mamba_ssm_imports test_low_precision build_kernels check_kernel test_cuda_path bench_gpu
 
 # each install step needs the one before it
 reason=""
@@ -215,9 +220,6 @@ fi
 # the CUDA steps first, as the budget is for them; the CPU-only half-precision tests after
 if ! cuda_device; then
   STOPPED="cuda kernels"
-elif ! command -v nvcc >/dev/null; then
-  record "cuda kernels" "failed (a CUDA device, but no nvcc on PATH, in \$CUDA_HOME/bin or /usr/local/cuda/bin)" 0 ""
-  FAILED=1
 else
   if run_step "cuda kernels" 420 build_kernels; then
     run_step "check kernel" 60 check_kernel

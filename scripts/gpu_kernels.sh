@@ -107,7 +107,8 @@ site = Path(sysconfig.get_paths()["platlib"]) / "fairseq"
 for relative in ("libbase", "libnat", "libbleu", "data/data_utils_fast", "data/token_block_utils_fast"):
     path = next(site.glob(relative + ".cpython-312-*.so"))
     name = path.name.split(".")[0]
-    spec = importlib.util.spec_from_file_location(name, path, loader=importlib.machinery.ExtensionFileLoader(name, str(path)))
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     print("fairseq", relative, "loads:", ", ".join(n for n in dir(module) if not n.startswith("_"))[:80])
