@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # `make gpu-bundle`: writes gpu_bundle/ (git-ignored), everything scripts/gpu_check.sh installs offline on a GPU
-# machine without network (Python 3.12, linux x86_64, torch and triton preinstalled there): the three sdists it
-# builds and the wheels of scripts/gpu_requirements*.txt, never torch, nvidia-* or triton. All of it is one
-# packages.tar.xz, as what travels there with the working tree is limited to 64 MiB.
+# machine without network (Python 3.12, linux x86_64): the wheels `make gpu-kernels` built (gpu_kernels/, with their
+# build_info.json), the three sdists it builds instead where those do not fit the machine, and the wheels of
+# scripts/gpu_requirements.txt with their dependencies, less what the machine holds (scripts/gpu_preinstalled.txt:
+# torch, triton, numpy, transformers, ...). All of it is one packages.tar.xz, as what travels there with the working
+# tree is limited to 64 MiB; the bundle keeps to 56 of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=${GPU_BUNDLE:-gpu_bundle}
 PY=${PYTHON:-.venv/bin/python}
 TARGET_PYTHON=${GPU_BUNDLE_PYTHON:-3.12}  # the target's; another (3.11) only to dry-run the check on this machine
-LIMIT_MIB=64
+LIMIT_MIB=56
+KERNELS=${GPU_KERNELS_DIR:-gpu_kernels}
 pip() { "$PY" -m pip "$@"; }
 staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
@@ -37,12 +40,30 @@ for glibc_minor in $(seq 5 28); do
   wheel_args+=(--platform "manylinux_2_${glibc_minor}_x86_64")
 done
 pip download -q "${wheel_args[@]}" -r scripts/gpu_requirements.txt
-pip download -q "${wheel_args[@]}" --no-deps -r scripts/gpu_requirements_no_deps.txt
+# the dependencies the machine already holds stay out: its own versions are the ones installed beside its torch
+"$PY" - "$packages" scripts/gpu_preinstalled.txt <<'PYTHON'
+import re, sys
+from pathlib import Path
 
+def normal(name):
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+held = {normal(re.split(r"[=<>!~ ]", line.strip())[0]) for line in Path(sys.argv[2]).read_text().splitlines()
+        if line.strip() and not line.startswith("#")}
+for wheel in Path(sys.argv[1]).glob("*.whl"):
+    if normal(wheel.name.split("-")[0]) in held:
+        wheel.unlink()
+PYTHON
 forbidden=$(find "$packages" -maxdepth 1 \( -iname 'torch-*' -o -iname 'nvidia_*' -o -iname 'triton-*' \) -printf '%f\n')
 if [ -n "$forbidden" ]; then
   echo "gpu_bundle: the GPU machine's own packages were pulled in: $forbidden" >&2
   exit 1
+fi
+if [ -f "$KERNELS/build_info.json" ]; then
+  mkdir -p "$packages/prebuilt"
+  cp "$KERNELS"/*.whl "$KERNELS/build_info.json" "$packages/prebuilt/"
+else
+  echo "gpu_bundle: no prebuilt kernels ($KERNELS/build_info.json; make gpu-kernels): the check will build them" >&2
 fi
 # wheels stored uncompressed (same files, same RECORD) so that xz compresses their contents across files: a third
 # smaller than their own per-file deflate
@@ -50,7 +71,7 @@ fi
 import sys, zipfile
 from pathlib import Path
 
-for wheel in Path(sys.argv[1]).glob("*.whl"):
+for wheel in Path(sys.argv[1]).glob("**/*.whl"):
     stored = wheel.with_suffix(".stored")
     with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as target:
         for info in source.infolist():
@@ -62,7 +83,7 @@ PYTHON
 
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE"
-(cd "$packages" && find . -maxdepth 1 -type f -printf '%f %s\n' | sort) > "$BUNDLE/contents.txt"
+(cd "$packages" && find . -type f -printf '%P %s\n' | sort) > "$BUNDLE/contents.txt"
 tar -cf - -C "$staging" packages | xz -T0 -6 > "$BUNDLE/packages.tar.xz"
 size_kib=$(du -sk "$BUNDLE" | cut -f1)
 echo "$BUNDLE: $(wc -l < "$BUNDLE/contents.txt") packages, $((size_kib / 1024)) MiB (limit $LIMIT_MIB MiB)"

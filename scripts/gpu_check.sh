@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # the step functions run in child shells (run_step), which shellcheck does not follow
 # `make gpu-check`, on a GPU machine without network (Python 3.12 with torch and triton, nvcc): a venv over the
-# machine's torch, everything else installed offline from gpu_bundle/ (`make gpu-bundle`), mamba-ssm's and
-# causal-conv1d's CUDA kernels built for the present GPU only, then the CUDA tests, the fp16/bf16 tests and
-# benchmarks/bench_gpu.py. Writes $OUT/gpu_check.json and gpu_check.md (default OUT: runs/gpu_check), the logs
-# in $OUT/logs. Each step is timed and capped; a failed step is recorded and the next ones run where they can;
-# steps left when GPU_CHECK_BUDGET_S (default 540) is spent are recorded as skipped.
+# machine's Python (itself a venv there), what it lacks installed offline from gpu_bundle/ (`make gpu-bundle`):
+# mamba-ssm's, causal-conv1d's and fairseq's wheels prebuilt by `make gpu-kernels` where the machine's torch
+# git_version, CUDA, Python tag and GPU's compute capability are theirs, else built from the sdists here (the CUDA
+# kernels for the present GPU only, with nvcc); then the CUDA tests, benchmarks/bench_gpu.py and the CPU's fp16/bf16
+# tests. Writes $OUT/gpu_check.json and gpu_check.md (default OUT: runs/gpu_check), the logs in $OUT/logs. Each step
+# is timed and capped; a failed step is recorded and the next ones run where they can; steps left when
+# GPU_CHECK_BUDGET_S (default 540) is spent are recorded as skipped.
 #   --skip-install   reuse GPU_CHECK_VENV as it is (no unpacking, venv or pip step)
 # Exit status: 0 every step passed; 1 a step failed or was skipped; 2 bad usage; 3 no CUDA device: every step that
 # needs none ran and passed, the CUDA steps did not run (the dry run of a CPU machine).
@@ -74,16 +76,49 @@ run_step() {
 skip() { record "$1" "skipped ($2)" 0 ""; }
 
 unpack_bundle() { rm -rf "$WORK/packages" && tar -xJf "$BUNDLE/packages.tar.xz" -C "$WORK"; }
+# The machine's python3 may itself be a venv (the GPU machine's is, holding torch): a venv made from it sees the base
+# interpreter's packages, not that venv's, so a .pth names the parent's site-packages (after the new venv's own)
 make_venv() {
   [ -x "$VPY" ] || "$BASE_PYTHON" -m venv --system-site-packages "$VENV"
+  local site
+  site=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  "$BASE_PYTHON" -c "import site; print('\n'.join(site.getsitepackages()))" > "$site/gpu_check_parent.pth"
   "$VPY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 }
-install_wheels() {
-  "$VPY" -m pip install -r scripts/gpu_requirements.txt
-  "$VPY" -m pip install --no-deps -r scripts/gpu_requirements_no_deps.txt
+# what the bundle left out as the machine's own: there, and at the version named
+check_preinstalled() {
+  "$VPY" - scripts/gpu_preinstalled.txt <<'PYTHON'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+wrong = []
+for line in Path(sys.argv[1]).read_text().splitlines():
+    if line.strip() and not line.startswith("#"):
+        name, _, wanted = line.strip().partition("==")
+        try:
+            found = version(name)
+        except PackageNotFoundError:
+            found = None
+        if found is None or (wanted and found.split("+")[0] != wanted):
+            wrong.append(f"{name}: wanted {wanted or 'any version'}, found {found or 'none'}")
+print("\n".join(wrong) or "all there")
+sys.exit(1 if wrong else 0)
+PYTHON
 }
-# CUDA_HOME unset: fairseq's setup.py adds CUDA extensions (which nothing here uses) whenever it is set
-install_fairseq() { env -u CUDA_HOME "$VPY" -m pip install --no-build-isolation --no-deps fairseq-fixed==0.12.3.1; }
+install_wheels() { "$VPY" -m pip install -r scripts/gpu_requirements.txt; }
+# the prebuilt wheels where they fit this torch, CUDA and Python (the GPU's capability is checked at the CUDA step),
+# else fairseq from its sdist (the kernels then at the CUDA step); $WORK/prebuilt says which, for that step and the
+# report. CUDA_HOME unset: fairseq's setup.py adds CUDA extensions (which nothing here uses) whenever it is set
+install_compiled() {
+  if "$VPY" scripts/gpu_kernels_info.py match "$WORK/packages/prebuilt" > "$WORK/prebuilt"; then
+    "$VPY" -m pip install --no-deps "$WORK"/packages/prebuilt/*.whl
+  else
+    sed -i '1s/^/not used, built from the sdists: /' "$WORK/prebuilt"
+    env -u CUDA_HOME "$VPY" -m pip install --no-build-isolation --no-deps fairseq-fixed==0.12.3.1
+  fi
+  cat "$WORK/prebuilt"
+}
 install_project() { "$VPY" -m pip install --no-build-isolation --no-deps -e .; }
 check_imports() { "$VPY" -c "import fairseq.tasks, mamba_hubert, tests.conftest, sacrebleu; print('imports ok')"; }
 # half precision on the CPU: autocast, MI capture, bf16/fp16 weight decay groups, the kernel's bf16, streaming
@@ -93,8 +128,21 @@ test_low_precision() {
     --junitxml="$OUT/logs/test_low_precision.xml"
 }
 cuda_device() { "$VPY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }
-# both packages' wheels built side by side (one arch each, MAX_JOBS compiles at once), then installed
+# the prebuilt kernels where they were installed and are for this GPU's compute capability, else both packages'
+# wheels built side by side (one arch each, MAX_JOBS compiles at once), then installed
 build_kernels() {
+  local capability
+  capability=$("$VPY" -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capability())))")
+  if grep -q '^the prebuilt' "$WORK/prebuilt" 2>/dev/null &&
+    "$VPY" scripts/gpu_kernels_info.py match "$WORK/packages/prebuilt" --capability "$capability"; then
+    echo "prebuilt for sm_${capability/./}: no build"
+    return 0
+  fi
+  echo "building from the sdists for sm_${capability/./}"
+  if ! command -v nvcc >/dev/null; then
+    echo "no nvcc on PATH, in \$CUDA_HOME/bin or /usr/local/cuda/bin to build them with"
+    return 1
+  fi
   GPU_CHECK_ARCH=$("$VPY" -c "import torch; major, minor = torch.cuda.get_device_capability(); print(f'{major}{minor}')")
   NVCC_REAL=$(command -v nvcc)
   export GPU_CHECK_ARCH NVCC_REAL PYTORCH_NVCC="$REPO/scripts/nvcc_one_arch.sh" MAX_JOBS=${MAX_JOBS:-$(nproc)}
@@ -113,10 +161,10 @@ build_kernels() {
     tail -n 15 "$OUT"/logs/build_*.log  # the builds' own logs: run_step shows this function's tail
     return 1
   fi
-  "$VPY" -m pip install --no-deps "$WORK"/kernels/*.whl
+  "$VPY" -m pip install --no-deps --force-reinstall "$WORK"/kernels/*.whl
 }
-# `import mamba_ssm` runs its __init__, which imports these from transformers and huggingface_hub (installed without
-# their declared dependencies); checked before the kernel build, which they do not need
+# `import mamba_ssm` runs its __init__, which imports these from the machine's transformers and huggingface_hub;
+# checked before the CUDA steps, which they do not need
 check_mamba_ssm_imports() {
   "$VPY" -c "
 from transformers.generation import GenerateDecoderOnlyOutput, TextStreamer
@@ -124,6 +172,12 @@ from transformers.utils import WEIGHTS_NAME, CONFIG_NAME
 from transformers.utils.hub import cached_file
 from huggingface_hub import PyTorchModelHubMixin
 print('mamba-ssm imports ok')"
+  # where the prebuilt wheels are installed, they load against this torch without a GPU
+  if grep -q '^the prebuilt' "$WORK/prebuilt"; then
+    "$VPY" -c "
+import torch, selective_scan_cuda, causal_conv1d_cuda, mamba_ssm, causal_conv1d
+print('prebuilt kernels load: mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__)"
+  fi
 }
 check_kernel() {
   "$VPY" -c "
@@ -133,20 +187,21 @@ assert resolve_scan_impl('auto', torch.device('cuda')) == 'cuda', 'the selective
 assert fused_mamba_inner('auto', torch.device('cuda')) is not None, 'the blocks do not use the fused path'
 print('mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__, torch.cuda.get_device_name())"
 }
-# a skipped test here means the kernel was not found: a failure for this check
+# a skipped test here means the kernel was not found: a failure for this check. Triton's fp32 dots compare in IEEE
+# fp32 (its default on a GPU is TF32, ~1e-2 off at these sizes); the test module sets it too
 test_cuda_path() {
-  "$VPY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_path.py --junitxml="$OUT/logs/test_cuda_path.xml" &&
+  TRITON_F32_DEFAULT=ieee "$VPY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_path.py \
+    --junitxml="$OUT/logs/test_cuda_path.xml" &&
     grep -q 'skipped="0"' "$OUT/logs/test_cuda_path.xml"
 }
 bench_gpu() { "$VPY" benchmarks/bench_gpu.py --out "$OUT/bench"; }
-export -f unpack_bundle make_venv install_wheels install_fairseq install_project check_imports check_mamba_ssm_imports \
-  test_low_precision \
-  build_kernels check_kernel test_cuda_path bench_gpu
+export -f unpack_bundle make_venv check_preinstalled install_wheels install_compiled install_project check_imports \
+  check_mamba_ssm_imports test_low_precision build_kernels check_kernel test_cuda_path bench_gpu
 
 # each install step needs the one before it
 reason=""
-for step in "unpack bundle:60:unpack_bundle" "venv:60:make_venv" "install wheels:120:install_wheels" \
-  "install fairseq:480:install_fairseq" "install project:60:install_project"; do
+for step in "unpack bundle:60:unpack_bundle" "venv:60:make_venv" "check preinstalled:30:check_preinstalled" \
+  "install wheels:120:install_wheels" "install compiled:480:install_compiled" "install project:60:install_project"; do
   IFS=: read -r name cap fn <<< "$step"
   if [ "$SKIP_INSTALL" -eq 1 ]; then
     skip "$name" "--skip-install"
@@ -164,15 +219,12 @@ else
 fi
 # the CUDA steps first, as the budget is for them; the CPU-only half-precision tests after
 if ! cuda_device; then
-  STOPPED="build cuda kernels"
-elif ! command -v nvcc >/dev/null; then
-  record "build cuda kernels" "failed (a CUDA device, but no nvcc on PATH, in \$CUDA_HOME/bin or /usr/local/cuda/bin)" 0 ""
-  FAILED=1
+  STOPPED="cuda kernels"
 else
-  if run_step "build cuda kernels" 420 build_kernels; then
+  if run_step "cuda kernels" 420 build_kernels; then
     run_step "check kernel" 60 check_kernel
   else
-    skip "check kernel" "build cuda kernels did not pass"
+    skip "check kernel" "cuda kernels did not pass"
   fi
   run_step "test cuda path" 120 test_cuda_path
   run_step "bench gpu" 240 bench_gpu
@@ -182,7 +234,10 @@ run_step "test fp16 bf16" 300 test_low_precision
 
 REPORT_PY=$VPY
 [ -x "$REPORT_PY" ] || REPORT_PY=$BASE_PYTHON
-"$REPORT_PY" scripts/gpu_check_report.py --out "$OUT" --stopped-before "$STOPPED" --total-s "$(elapsed "$START")"
+PREBUILT=$(head -n 1 "$WORK/prebuilt" 2>/dev/null || echo "not tried")
+echo "[gpu_check] prebuilt kernels: $PREBUILT"
+"$REPORT_PY" scripts/gpu_check_report.py --out "$OUT" --stopped-before "$STOPPED" --total-s "$(elapsed "$START")" \
+  --prebuilt "$PREBUILT"
 if [ "$FAILED" -ne 0 ]; then
   exit 1
 fi

@@ -25,6 +25,7 @@ def read_steps(out: Path) -> list[dict]:
 
 def markdown(report: dict) -> str:
     lines = ["# GPU check", "", f"Result: {report['result']}; {report['total_s']:.0f} s in all.", "",
+             f"Prebuilt kernels: {report['prebuilt']}.", "",
              "| step | status | seconds | tests (failed, errors, skipped) |", "|---|---|---|---|"]
     for step in report["steps"]:
         tests = step.get("tests")
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--stopped-before", default="", help="the CUDA step the check stopped before, if any")
     parser.add_argument("--total-s", type=float, required=True)
+    parser.add_argument("--prebuilt", default="not tried", help="whether the prebuilt kernel wheels were used, and why")
     args = parser.parse_args(argv)
     steps = read_steps(args.out)
     failed = [s["name"] for s in steps if s["status"] != "ok" and s["status"] != "skipped (--skip-install)"]
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
               else f"no CUDA device, stopped before {args.stopped_before}" if args.stopped_before else "passed")
     bench_file = args.out / "bench" / "results.json"
     report = {"result": result, "total_s": args.total_s, "stopped_before": args.stopped_before or None,
-              "out": str(args.out), "steps": steps,
+              "prebuilt": args.prebuilt, "out": str(args.out), "steps": steps,
               "bench": json.loads(bench_file.read_text()) if bench_file.is_file() else None}
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     (args.out / "gpu_check.md").write_text(markdown(report))

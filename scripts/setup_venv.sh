@@ -25,5 +25,8 @@ fi
 # its reference code on CPU through mamba_hubert/ops/mamba_ssm_reference.py.
 pip install -q --no-deps einops==0.8.2
 MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
+# Triton's interpreter runs mamba-ssm's Mamba-2 kernels on CPU in the tests (tests/triton_interpreter.py): 3.9.0's
+# works beside numpy 2.4, 3.6.0's calls int() on 1-element arrays, which numpy 2.4 refuses
+pip install -q --no-deps triton==3.9.0
 pip install -q --no-build-isolation --no-deps -e .
 touch .venv/.installed  # the Makefile re-runs this script when it or setup.py changes

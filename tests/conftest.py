@@ -1,4 +1,5 @@
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,11 @@ from tests.fairseq_runs import SMALL_MODEL, TINY_CONV, make_tone_corpus, pretrai
 
 LAYER_TYPES = layer_type_names()
 MAMBA_LAYER_TYPES = tuple(name for name in LAYER_TYPES if name not in ("transformer", "conformer"))  # with Mamba blocks
+
+# Without a GPU, Triton's interpreter runs mamba-ssm's Mamba-2 kernels on CPU tensors (tests/triton_interpreter.py).
+# Triton reads this when it decorates its own language functions, at its first import: so here, before any test.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def load_benchmark(name: str) -> ModuleType:

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from mamba_hubert.ops.selective_scan import INSTALL_CUDA, SCAN_IMPLS
 
 SsdOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+# The device types whose tensors go to mamba-ssm's Triton kernel: CUDA. The tests add "cpu" while Triton's
+# interpreter runs the kernel on CPU tensors (tests/triton_interpreter.py).
+TRITON_DEVICE_TYPES = frozenset({"cuda"})
 
 
 @functools.cache
@@ -142,9 +145,10 @@ def ssd_scan_fn(
               "return_final_states": return_final_states}
     if impl == "reference":
         return ssd_scan_reference(x, dt, A, B, C, **kwargs)
-    triton_scan = _mamba_ssm_chunk_scan() if x.device.type == "cuda" and impl in ("auto", "cuda") else None
+    on_triton = x.device.type in TRITON_DEVICE_TYPES and impl in ("auto", "cuda")
+    triton_scan = _mamba_ssm_chunk_scan() if on_triton else None
     if impl == "cuda" and triton_scan is None:
         raise RuntimeError(f"scan_impl=cuda needs CUDA tensors and mamba-ssm's Triton SSD kernel: {INSTALL_CUDA}")
-    if triton_scan is not None:  # never run in this project's tests: no GPU, no triton here
+    if triton_scan is not None:
         return triton_scan(x, dt, A, B, C, chunk_size, **kwargs)
     return ssd_scan_chunked(x, dt, A, B, C, chunk_size, **kwargs)
