@@ -95,8 +95,8 @@ def model_flops(model: nn.Module, num_samples: int) -> dict[str, float]:
     """Analytic FLOPs of `extract_features` on one utterance of `num_samples`, by part."""
     from fairseq.modules import MultiheadAttention
 
+    from mamba_hubert.frames import conv_output_length
     from mamba_hubert.modules import InnBiMamba, Mamba
-    from mamba_hubert.modules.frames import conv_output_length
 
     conv_layers = model.conv_layers
     flops = {"cnn": 0.0, "projections": 0.0, "convolutions": 0.0, "scan": 0.0, "attention": 0.0}
@@ -181,7 +181,7 @@ def run_train_step(name: str, seconds: float, threads: int, max_gb: float) -> di
     generator = torch.Generator().manual_seed(0)
 
     def step(num_samples: int) -> None:
-        from mamba_hubert.modules.frames import conv_output_length
+        from mamba_hubert.frames import conv_output_length
 
         source = torch.randn(1, num_samples, generator=generator) * 0.1
         labels = torch.randint(0, NUM_CLASSES, (1, conv_output_length(num_samples)), generator=generator)

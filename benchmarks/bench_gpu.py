@@ -63,7 +63,7 @@ def measure(call: Callable[[], None], device: torch.device) -> dict:
 
 def training_step(name: str, precision: str, device: torch.device, batch: int, samples: int) -> dict:
     """One pretraining step of config `name` under `precision` autocast, timed."""
-    from mamba_hubert.modules.frames import conv_output_length
+    from mamba_hubert.frames import conv_output_length
 
     dtype = PRECISIONS[precision]
     model = build_model(name).to(device, dtype).train()
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
     for noisy in ("hydra", "fairseq", "mamba_hubert"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from mamba_hubert.modules.frames import conv_output_length
+    from mamba_hubert.frames import conv_output_length
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models, batch, samples, size = ((QUICK_MODELS, QUICK_BATCH, QUICK_SAMPLES, QUICK_LAYER) if args.quick

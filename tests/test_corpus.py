@@ -13,7 +13,7 @@ import soundfile as sf
 from mamba_hubert.data import corpus, espeak
 from mamba_hubert.data.phones import PHONES, frame_labels
 from mamba_hubert.data.voices import read_voices
-from mamba_hubert.modules.frames import conv_output_length
+from mamba_hubert.frames import conv_output_length
 
 SPLITS = ("train", "valid", "test")
 MISSING = corpus.missing_packages()

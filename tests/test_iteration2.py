@@ -3,7 +3,7 @@
 from mamba_hubert.data.kmeans import run_kmeans
 from mamba_hubert.data.layer_features import dump_layer_features
 from mamba_hubert.demo.fairseq_tools import hydra_train
-from mamba_hubert.modules.frames import conv_output_length
+from mamba_hubert.frames import conv_output_length
 from tests.fairseq_runs import SMALL_MODEL, make_tone_corpus, pretrain_overrides
 
 

@@ -13,8 +13,8 @@ from mamba_hubert.analysis.cli import load_probe_set
 from mamba_hubert.analysis.cli import main as mi_cli
 from mamba_hubert.analysis.layerwise import layerwise_mi
 from mamba_hubert.demo.fairseq_tools import hydra_train
+from mamba_hubert.frames import conv_output_length
 from mamba_hubert.models.spectrum_reconstruction import SpectrumReconstructionConfig, SpectrumReconstructionModel
-from mamba_hubert.modules.frames import conv_output_length
 from tests.conftest import SMALL_HEAD, build_asr_model, tiny_model
 from tests.fairseq_runs import SMALL_MODEL, finetune_overrides, make_tone_corpus, pretrain_overrides
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from fairseq.modules import Fp32GroupNorm
 
+from mamba_hubert.frames import conv_output_length
 from mamba_hubert.modules import reverse_padded
-from mamba_hubert.modules.frames import conv_output_length
 from tests.conftest import tiny_model
 from tests.fairseq_runs import make_tone_corpus
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from mamba_hubert.frames import conv_output_length
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingEncoder, stream
 from mamba_hubert.modules import Mamba, Mamba2
-from mamba_hubert.modules.frames import conv_output_length
 from tests.conftest import tiny_model
 
 SAMPLE_RATE = 16000

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mamba_hubert.frames import conv_output_lengths
 from mamba_hubert.models.mamba_hubert import MambaHubertModel
 from mamba_hubert.models.mamba_hubert_asr import UpstreamHeadEncoder
 from mamba_hubert.models.spectrum_reconstruction import SpectrumReconstructionModel
-from mamba_hubert.modules.frames import conv_output_lengths
 
 
 @dataclass

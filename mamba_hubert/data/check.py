@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from mamba_hubert.modules.frames import HUBERT_CONV_LAYERS, receptive_field
+from mamba_hubert.frames import HUBERT_CONV_LAYERS, receptive_field
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ become (phone, start, end) segments on this set, and each encoder frame takes th
 
 import bisect
 
-from mamba_hubert.modules.frames import conv_output_length, receptive_field
+from mamba_hubert.frames import conv_output_length, receptive_field
 
 SAMPLE_RATE = 16000
 

@@ -20,7 +20,7 @@ layer as the layer declares (`forward_long` of the layer-type registry's classes
 import torch
 from torch import nn
 
-from mamba_hubert.modules.frames import receptive_field
+from mamba_hubert.frames import receptive_field
 
 
 @torch.no_grad()

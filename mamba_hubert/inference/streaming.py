@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mamba_hubert.modules.frames import receptive_field
+from mamba_hubert.frames import receptive_field
 from mamba_hubert.modules.layer_types import NotStreamableError
 
 __all__ = ["NotStreamableError", "StreamingCtc", "StreamingEncoder", "stream"]

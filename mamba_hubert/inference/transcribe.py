@@ -34,11 +34,11 @@ from fairseq.models.hubert import HubertCtc
 
 import mamba_hubert  # noqa: F401  (registers the model/task and the checkpoint allow-list)
 from mamba_hubert.command_line import UsageError, one_line_errors, warnings_only
+from mamba_hubert.frames import receptive_field
 from mamba_hubert.inference.ctc_decoding import CTCGreedyDecoder, CTCLexiconDecoder, utterance_log_probs
 from mamba_hubert.inference.long_form import ctc_logits_long
 from mamba_hubert.inference.streaming import NotStreamableError, StreamingCtc
 from mamba_hubert.models.mamba_hubert import MambaHubertModel
-from mamba_hubert.modules.frames import receptive_field
 
 LONG_FORM_SECONDS = 30.0
 

@@ -12,7 +12,7 @@ in float32.
 import torch
 from torch import nn
 
-from mamba_hubert.modules.frames import conv_output_length, receptive_field
+from mamba_hubert.frames import conv_output_length, receptive_field
 
 
 def has_group_norm(module: nn.Module) -> bool:

@@ -18,18 +18,18 @@ from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from fairseq.tasks.hubert_pretraining import HubertPretrainingConfig, HubertPretrainingTask
 from torch import nn
 
-from mamba_hubert.models.encoder_config import MambaLayerConfig
-from mamba_hubert.models.front_end import conv_features_long, has_group_norm
-from mamba_hubert.models.seeded_masks import SeededMasking
-from mamba_hubert.modules.encoder import MambaEncoder, fairseq_buildable
-from mamba_hubert.modules.fbank import FbankFeatureExtractor
-from mamba_hubert.modules.frames import (
+from mamba_hubert.frames import (
     causal_left_padding,
     conv_output_length,
     conv_output_lengths,
     fbank_layers,
     receptive_field,
 )
+from mamba_hubert.models.encoder_config import MambaLayerConfig
+from mamba_hubert.models.front_end import conv_features_long, has_group_norm
+from mamba_hubert.models.seeded_masks import SeededMasking
+from mamba_hubert.modules.encoder import MambaEncoder, fairseq_buildable
+from mamba_hubert.modules.fbank import FbankFeatureExtractor
 from mamba_hubert.modules.layer_interface import NotStreamableError, per_frames
 from mamba_hubert.modules.side_channel import attribute_during
 from mamba_hubert.modules.valid_group_norm import ValidFramesGroupNorm

@@ -66,7 +66,7 @@ class LogMelFilterbank(nn.Module):
 class FbankFeatureExtractor(nn.Module):
     """`extractor_mode=fbank`: (batch, samples) waveform -> (batch, channels, frames), as fairseq's
     ConvFeatureExtractionModel. Log-mel frames, then per conv layer Conv1d over time -> LayerNorm over channels ->
-    GELU. `layers` (`modules.frames.fbank_layers`): (n_mels, window, hop) of the log-mel, then (channels, kernel,
+    GELU. `layers` (`frames.fbank_layers`): (n_mels, window, hop) of the log-mel, then (channels, kernel,
     stride) per conv. The convs are unpadded, so a frame reads its window of samples only; the model puts the
     causal left padding (`frames.causal_left_padding`) in front of the audio."""
 
