@@ -5,6 +5,7 @@ rate; the job scheduler respects dependencies and the worker limit; test WER is 
 import json
 import threading
 import time
+from contextlib import nullcontext
 
 import pytest
 
@@ -115,7 +116,7 @@ def test_fine_tuning_plays_training_audio_at_the_tuned_speeds_unless_turned_off(
     assert finetune_overrides(()) == []
     calls = []
     monkeypatch.setattr("mamba_hubert.demo.main_job.run_demo", lambda *args: calls.append(args))
-    monkeypatch.setattr("mamba_hubert.demo.main_job.setup_logging", lambda: None)
+    monkeypatch.setattr("mamba_hubert.demo.main_job.job_console", lambda verbose: nullcontext())
     main(["--out", "x"])
     main(["--out", "x", "--speed-perturb"])
     assert [call[9] for call in calls] == [[0.9, 1.0, 1.1], []]  # run_demo's finetune_speeds

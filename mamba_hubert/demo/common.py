@@ -6,15 +6,19 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import editdistance
 import soundfile as sf
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mamba_hubert.analysis.plots import line_figure
+from mamba_hubert.command_line import setup_logging, warnings_only
 from mamba_hubert.data.corpus import cached_corpus
 from mamba_hubert.data.judge import Judge, normalise, score
 from mamba_hubert.data.kmeans import run_kmeans
@@ -24,26 +28,57 @@ from mamba_hubert.data.voices import DEFAULT_VOICES
 from mamba_hubert.demo.fairseq_tools import decoded_hypotheses, generate_wer, generation_results, run_console_script
 
 logger = logging.getLogger("mamba_hubert.demo")
+# every output line of the tools a job runs (fairseq's training log among them): on the console at DEBUG only, which
+# `--verbose` turns on; each tool's whole output is in its log file either way
+tool_logger = logging.getLogger("mamba_hubert.demo.tools")
 SPLITS = ("train", "valid", "test")
 # Lexicon + LM decoding: chosen on the valid split of a development run of the demo (docs/DEMO_TUNING.md).
 LM_WEIGHT = 2.0
 WORD_SCORE = 0.0
 BEAM = 500  # the task's default 50 costs ~5 points of valid WER with the LM; 2,000 buys 0.6 more at twice the time
 _JSON_LOG = re.compile(r"\[(train_inner|train|valid)\]\[INFO\] - (\{.*\})")
+_NUM_UPDATES = re.compile(r'"num_updates": "(\d+)"')
 
 
 def log(message: str) -> None:
     logger.info("%s", message)
 
 
-def prefixed(name: str) -> Callable[[str], None]:
-    """A progress printer tagging each line with the run it comes from (two runs print side by side)."""
-    return lambda line: log(f"[{name}] {line}")
+@contextmanager
+def job_console(verbose: bool) -> Iterator[None]:
+    """A job's console: one line per finished stage and a progress bar per long stage; with `verbose` also each
+    stage's start and every line of the tools' output (`tool_logger`). Log lines print above the bars."""
+    setup_logging()
+    level = logger.level
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+    # without `verbose` the data stages' own progress lines (k-means, MFCC) stay off
+    try:
+        with nullcontext() if verbose else warnings_only("mamba_hubert.data"), logging_redirect_tqdm():
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def progress_bar(name: str, total: int, unit: str) -> tqdm:
+    """A long stage's progress bar (on a terminal only; it leaves no line behind: `timed` logs the stage's end)."""
+    return tqdm(total=total, desc=name, unit=unit, disable=None, leave=False)
+
+
+def tool_output(name: str, progress: tqdm | None = None) -> Callable[[str], None]:
+    """Where a tool's output lines go besides its log file: `tool_logger`, each line tagged with the run it comes from
+    (two runs print side by side); a fairseq training's `num_updates` moves `progress` on."""
+    def take(line: str) -> None:
+        tool_logger.debug("[%s] %s", name, line)
+        updates = _NUM_UPDATES.search(line)
+        if progress is not None and updates:
+            progress.update(int(updates.group(1)) - progress.n)
+    return take
 
 
 def timed(times: dict[str, float], name: str, step: Callable, *args):
-    """Runs one stage, logging its start and wall time into `times`."""
-    log(f"== {name}")
+    """Runs one stage, logging its wall time into `times` and one line when it ends (its start at DEBUG)."""
+    logger.debug("== %s", name)
     start = time.time()
     result = step(*args)
     times[name] = time.time() - start
@@ -150,13 +185,15 @@ def lm_decoder_flags(lexicon: Path, lm: Path) -> tuple[tuple[str, ...], tuple[st
     return generate, transcribe
 
 
-def decode_test(data: DemoData, checkpoint: Path, model_dir: Path, echo: Callable[[str], None],
-                times: dict[str, float], name: str) -> tuple[float, float]:
-    """Test WER of a fine-tuned checkpoint by fairseq-generate: (greedy, lexicon + LM)."""
+def decode_test(data: DemoData, checkpoint: Path, model_dir: Path, times: dict[str, float], name: str,
+                progress: tqdm) -> tuple[float, float]:
+    """Test WER of a fine-tuned checkpoint by fairseq-generate: (greedy, lexicon + LM); `progress` counts the two."""
     wer = timed(times, f"decode {name}", generate_wer, data.corpus, data.corpus, checkpoint, "test",
-                model_dir / "decode_greedy", echo, 1)
+                model_dir / "decode_greedy", tool_output(name), 1)
+    progress.update()
     wer_lm = timed(times, f"decode {name} with lexicon + LM", generate_wer, data.corpus, data.corpus, checkpoint,
-                   "test", model_dir / "decode_lm", echo, 1, data.lm_decoding)
+                   "test", model_dir / "decode_lm", tool_output(name), 1, data.lm_decoding)
+    progress.update()
     return wer, wer_lm
 
 
@@ -181,7 +218,7 @@ def wer_by_speaker(corpus: Path, results_dir: Path, subset: str) -> dict[str, fl
 
 
 def transcribe_agreement(data: DemoData, checkpoint: Path, model_dir: Path, times: dict[str, float],
-                         name: str) -> dict[str, list[int]]:
+                         name: str, progress: tqdm) -> dict[str, list[int]]:
     """`mamba-hubert-transcribe` on every test file, greedy and with the lexicon + LM: how many of its lines print
     the words fairseq-generate decoded (`decode_test`'s results), {"greedy": [same, files], "lm": [...]}."""
     wavs = [str(data.corpus / line.split("\t")[0])
@@ -191,18 +228,21 @@ def transcribe_agreement(data: DemoData, checkpoint: Path, model_dir: Path, time
         decoded = decoded_hypotheses(model_dir / f"decode_{kind}", "test")
         printed = timed(times, f"transcribe {name} ({kind})", run_console_script,
                         ["mamba-hubert-transcribe", "--checkpoint", str(checkpoint), *wavs, *flags],
-                        model_dir / f"transcribe_{kind}.log", None, 1)
+                        model_dir / f"transcribe_{kind}.log", tool_output(name), 1)
+        progress.update()
         texts = dict(line.split("\t", 1) for line in printed.splitlines() if "\t" in line and line.split("\t")[0] in wavs)
         agreement[kind] = [sum(texts.get(wav) == decoded[i] for i, wav in enumerate(wavs)), len(wavs)]
     return agreement
 
 
 def layerwise_mi_of(checkpoint: Path, name: str, part_dir: Path, data_args: Sequence[str],
-                    times: dict[str, float]) -> dict:
-    """One checkpoint's layer-wise MI: `mamba-hubert-mi` on one thread, into `part_dir`; its mi.json."""
+                    times: dict[str, float], progress: tqdm) -> dict:
+    """One checkpoint's layer-wise MI: `mamba-hubert-mi` on one thread, into `part_dir`; its mi.json. `progress`
+    counts the checkpoints done."""
     timed(times, f"mutual information: {name}", run_console_script, [
         "mamba-hubert-mi", "--checkpoint", str(checkpoint), "--name", name, "--out", str(part_dir), *data_args,
-    ], part_dir / "mi.log", None, 1)
+    ], part_dir / "mi.log", tool_output(name), 1)
+    progress.update()
     return json.loads((part_dir / "mi.json").read_text())
 
 

@@ -10,14 +10,13 @@ from pathlib import Path
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = PLUGIN_DIR.parent / "examples" / "config"
-PROGRESS_MARKERS = ("[train_inner]", "[train]", "[valid]", "done training", "WER:", "Error", "error:")
 _WER = re.compile(r"^Generate .* WER: ([0-9.]+)$", re.MULTILINE)
 
 
 def run_console_script(args: list[str], log_path: Path, echo: Callable[[str], None] | None = None,
                        threads: int | None = None) -> str:
     """Runs one console script of this interpreter's environment (fairseq's or this package's); writes its whole
-    output to `log_path`, passes progress lines to `echo`, and raises with the output's end if it fails. It runs in
+    output to `log_path`, passes each line to `echo` as it comes, and raises with the output's end if it fails. It runs in
     `log_path`'s folder, where hydra leaves its own files. `threads` caps its intra-op threads (two runs side
     by side with one thread each beat one run with two on small models)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -32,7 +31,7 @@ def run_console_script(args: list[str], log_path: Path, echo: Callable[[str], No
         for line in process.stdout:
             log.write(line)
             lines.append(line)
-            if echo is not None and any(marker in line for marker in PROGRESS_MARKERS):
+            if echo is not None:
                 echo(line.rstrip())
     output = "".join(lines)
     if process.returncode != 0:

@@ -8,12 +8,13 @@ fairseq-generate (greedy, and lexicon + 3-gram LM) -> layer-wise mutual informat
 import argparse
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
 from mamba_hubert.analysis.verdict import RULE_SUMMARY
-from mamba_hubert.command_line import setup_logging
+from mamba_hubert.command_line import warnings_only
 from mamba_hubert.data.judge import JUDGE_NAME
 from mamba_hubert.data.kmeans import subsample_labels
 from mamba_hubert.data.voices import DEFAULT_VOICES
@@ -25,16 +26,18 @@ from mamba_hubert.demo.common import (
     WORD_SCORE,
     decode_test,
     human_speech,
+    job_console,
     judge_subset,
     layerwise_mi_of,
     log,
     merge_mi_parts,
     plot_curves,
-    prefixed,
     prepare_data,
+    progress_bar,
     read_metrics,
     run_jobs,
     timed,
+    tool_output,
     transcribe_agreement,
     wer_by_speaker,
 )
@@ -116,47 +119,60 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
     mi_args = ["--data", str(data.corpus), "--subset", "test", "--max-utterances", "40", "--max-frames", "2500",
                "--mine-iterations", "1500"]  # sized to keep the demo within 30 minutes
 
+    with warnings_only("fairseq", "mamba_hubert.models"), warnings.catch_warnings(category=FutureWarning,
+                                                                                 action="ignore"):
+        params = {config: count_parameters(build_from_config(
+            DEFAULT_CONFIG_DIR, config, clusters, [f"++{o}" for o in front_end_overrides(front_end, config)]
+        ))["total"] for config, _ in MODELS.values()}
+
     def pretrain(title: str, config: str, finetuned: bool) -> dict:
         pretrained = out / "models" / config / "pretrain" / "checkpoint_best.pt"
-        text = timed(times, f"pretrain {config}", hydra_train, f"pretrain/{config}", [
-            f"task.data={data.corpus}", f"task.label_dir={labels}", f"checkpoint.save_dir={pretrained.parent}",
-            f"optimization.max_update={pretrain_updates if finetuned else pretrain_only_updates}",
-            "common.log_format=json", f"common.seed={seed}", *front_end_overrides(front_end, config),
-        ], out / "models" / config / "pretrain.log", prefixed(config), 1)
-        return {"pretrained": pretrained, "pretrain_curves": read_metrics(text),
-                "params": count_parameters(build_from_config(
-                    DEFAULT_CONFIG_DIR, config, clusters, [f"++{o}" for o in front_end_overrides(front_end, config)]
-                ))["total"]}
+        updates = pretrain_updates if finetuned else pretrain_only_updates
+        with progress_bar(f"pretrain {config}", updates, "update") as progress:
+            text = timed(times, f"pretrain {config}", hydra_train, f"pretrain/{config}", [
+                f"task.data={data.corpus}", f"task.label_dir={labels}", f"checkpoint.save_dir={pretrained.parent}",
+                f"optimization.max_update={updates}", "common.log_format=json", f"common.seed={seed}",
+                *front_end_overrides(front_end, config),
+            ], out / "models" / config / "pretrain.log", tool_output(config, progress), 1)
+        return {"pretrained": pretrained, "pretrain_curves": read_metrics(text), "params": params[config]}
 
     def finetune(config: str) -> dict:
         checkpoint = out / "models" / config / "finetune" / "checkpoint_best.pt"
-        text = timed(times, f"fine-tune {config}", hydra_train, "finetune/tiny_ctc", [
-            f"task.data={data.corpus}", f"task.label_dir={data.corpus}", f"checkpoint.save_dir={checkpoint.parent}",
-            f"model.w2v_path={out / 'models' / config / 'pretrain' / 'checkpoint_best.pt'}",
-            f"optimization.max_update={finetune_updates}", "common.log_format=json", f"common.seed={seed}",
-            *finetune_overrides(finetune_speeds),
-        ], out / "models" / config / "finetune.log", prefixed(config), 1)
+        with progress_bar(f"fine-tune {config}", finetune_updates, "update") as progress:
+            text = timed(times, f"fine-tune {config}", hydra_train, "finetune/tiny_ctc", [
+                f"task.data={data.corpus}", f"task.label_dir={data.corpus}",
+                f"checkpoint.save_dir={checkpoint.parent}",
+                f"model.w2v_path={out / 'models' / config / 'pretrain' / 'checkpoint_best.pt'}",
+                f"optimization.max_update={finetune_updates}", "common.log_format=json", f"common.seed={seed}",
+                *finetune_overrides(finetune_speeds),
+            ], out / "models" / config / "finetune.log", tool_output(config, progress), 1)
         curves = read_metrics(text)
         return {"checkpoint": checkpoint, "finetune_curves": curves,
                 "valid_uer": min(float(row["valid_uer"]) for row in curves["valid"])}
 
     def decode(title: str, config: str) -> dict:
-        wer, wer_lm = decode_test(data, out / "models" / config / "finetune" / "checkpoint_best.pt",
-                                  out / "models" / config, prefixed(config), times, config)
-        log(f"{title}: test WER {wer:.2f}% greedy, {wer_lm:.2f}% with lexicon + LM")
-        by_speaker = {kind: wer_by_speaker(data.corpus, out / "models" / config / f"decode_{kind}", "test")
-                      for kind in ("greedy", "lm")}
-        agreement = transcribe_agreement(data, out / "models" / config / "finetune" / "checkpoint_best.pt",
-                                         out / "models" / config, times, config)
-        human_wer = {kind: timed(times, f"decode {config} human speech ({kind})", generate_wer, human, human,
-                                 out / "models" / config / "finetune" / "checkpoint_best.pt", "human",
-                                 out / "models" / config / f"human_{kind}", None, 1, flags)
-                     for kind, flags in (("greedy", ()), ("lm", data.lm_decoding))}
+        checkpoint = out / "models" / config / "finetune" / "checkpoint_best.pt"
+        # test by fairseq-generate and by mamba-hubert-transcribe, the human clips: greedy and with the LM each
+        with progress_bar(f"decode {config}", 6, "decoding") as progress:
+            wer, wer_lm = decode_test(data, checkpoint, out / "models" / config, times, config, progress)
+            log(f"{title}: test WER {wer:.2f}% greedy, {wer_lm:.2f}% with lexicon + LM")
+            by_speaker = {kind: wer_by_speaker(data.corpus, out / "models" / config / f"decode_{kind}", "test")
+                          for kind in ("greedy", "lm")}
+            agreement = transcribe_agreement(data, checkpoint, out / "models" / config, times, config, progress)
+            human_wer = {}
+            for kind, flags in (("greedy", ()), ("lm", data.lm_decoding)):
+                human_wer[kind] = timed(times, f"decode {config} human speech ({kind})", generate_wer, human, human,
+                                        checkpoint, "human", out / "models" / config / f"human_{kind}",
+                                        tool_output(config), 1, flags)
+                progress.update()
         return {"test_wer": wer, "test_wer_lm": wer_lm, "test_wer_by_speaker": by_speaker,
                 "transcribe_agreement": agreement, "human_wer": human_wer}
 
+    mi_progress = progress_bar("mutual information", sum(2 if finetuned else 1 for _, finetuned in MODELS.values()),
+                               "checkpoint")
+
     def analyse(name: str, checkpoint: Path, part: str) -> dict:
-        return layerwise_mi_of(checkpoint, name, out / "mi" / "parts" / part, mi_args, times)
+        return layerwise_mi_of(checkpoint, name, out / "mi" / "parts" / part, mi_args, times, mi_progress)
 
     # Two jobs at a time, one thread each: the fastest use of 2 cores for models this small (docs/DEMO_TUNING.md).
     # A model's MI starts as soon as its checkpoint exists and a core is free.
@@ -182,7 +198,8 @@ def run_demo(out: Path, minutes: float, pretrain_updates: int, finetune_updates:
                                    lambda n=name, ck=checkpoint, c=config: analyse(n, ck, f"{c}_ctc"))
             mi_order.append(name)
     start = time.time()
-    done = run_jobs(graph)
+    with mi_progress:
+        done = run_jobs(graph)
     times["models and MI (side by side)"] = time.time() - start
 
     results, pretrain_curves, finetune_curves = {}, {}, {}
@@ -331,10 +348,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--voices", type=Path, default=DEFAULT_VOICES, help="the corpus's voices file")
     parser.add_argument("--corpus-cache", type=Path, default=DEFAULT_CORPUS_CACHE,
                         help="where corpora are built once and shared (with `make paper`)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="every line of fairseq's logs on the console (each run's log is in its folder either way)")
     args = parser.parse_args(argv)
-    setup_logging()
-    run_demo(args.out, args.minutes, args.pretrain_updates, args.finetune_updates, args.clusters, args.jobs,
-             args.seed, args.pretrain_only_updates, args.front_end, args.speed_perturb, args.voices, args.corpus_cache)
+    with job_console(args.verbose):
+        run_demo(args.out, args.minutes, args.pretrain_updates, args.finetune_updates, args.clusters, args.jobs,
+                 args.seed, args.pretrain_only_updates, args.front_end, args.speed_perturb, args.voices,
+                 args.corpus_cache)
 
 
 if __name__ == "__main__":

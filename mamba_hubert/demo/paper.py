@@ -21,7 +21,7 @@ and the plots into --out. A finished stage is reused when the command runs again
 import argparse
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,19 +31,21 @@ from fairseq import checkpoint_utils
 from mamba_hubert.analysis.cli import write_outputs as write_mi_outputs
 from mamba_hubert.analysis.layerwise import XT_KEYS
 from mamba_hubert.analysis.verdict import RULE_SUMMARY
-from mamba_hubert.command_line import setup_logging, warnings_only
+from mamba_hubert.command_line import warnings_only
 from mamba_hubert.demo.common import (
     DemoData,
     decode_test,
+    job_console,
     layerwise_mi_of,
     log,
     merge_mi_parts,
     plot_curves,
-    prefixed,
     prepare_data,
+    progress_bar,
     read_metrics,
     run_jobs,
     timed,
+    tool_output,
 )
 from mamba_hubert.demo.fairseq_tools import hydra_train
 
@@ -85,7 +87,7 @@ class Budget:
     clusters: int
 
 
-def _train_once(config: str, overrides: list[str], save_dir: Path, log_path: Path, echo: Callable[[str], None],
+def _train_once(config: str, overrides: list[str], updates: int, save_dir: Path, log_path: Path, run_name: str,
                 times: dict[str, float], name: str) -> dict[str, list[dict]]:
     """fairseq-hydra-train, or nothing when `save_dir` holds a finished run with the same overrides (a rerun of a
     finished fairseq run would train one update past max_update); returns its json log records."""
@@ -99,7 +101,8 @@ def _train_once(config: str, overrides: list[str], save_dir: Path, log_path: Pat
         if "seconds" in finished:
             times[f"{name} (reused: the earlier run's time)"] = finished["seconds"]
         return read_metrics(log_path.read_text())
-    text = timed(times, name, hydra_train, config, overrides, log_path, echo, 1)
+    with progress_bar(name, updates, "update") as progress:
+        text = timed(times, name, hydra_train, config, overrides, log_path, tool_output(run_name, progress), 1)
     marker.write_text(json.dumps({"overrides": overrides, "seconds": times[name]}) + "\n")
     return read_metrics(text)
 
@@ -118,8 +121,8 @@ class PaperRun:
         overrides = [f"task.data={self.data.corpus}", f"task.label_dir={self.data.labels}",
                      f"checkpoint.save_dir={save_dir}", f"optimization.max_update={self.budget.pretrain_updates}",
                      "common.log_format=json", f"common.seed={self.budget.seed}"]
-        curves = _train_once(f"pretrain/{config}", overrides, save_dir, save_dir.parent / "pretrain.log",
-                             prefixed(config), self.times, f"pretrain {config}")
+        curves = _train_once(f"pretrain/{config}", overrides, self.budget.pretrain_updates, save_dir,
+                             save_dir.parent / "pretrain.log", config, self.times, f"pretrain {config}")
         return {"curves": curves}
 
     def finetune(self, model: AsrModel, lr: float, save_dir: Path) -> dict:
@@ -127,8 +130,8 @@ class PaperRun:
                      f"checkpoint.save_dir={save_dir}", f"model.w2v_path={self.pretrained(model.pretrain_config)}",
                      f"optimization.max_update={self.budget.finetune_updates}", f"optimization.lr=[{lr}]",
                      "common.log_format=json", f"common.seed={self.budget.seed}", *FRONT_END]
-        curves = _train_once(f"finetune/{model.finetune_config}", overrides, save_dir, save_dir / "finetune.log",
-                             prefixed(model.key), self.times, f"fine-tune {model.key} (lr {lr:g})")
+        curves = _train_once(f"finetune/{model.finetune_config}", overrides, self.budget.finetune_updates, save_dir,
+                             save_dir / "finetune.log", model.key, self.times, f"fine-tune {model.key} (lr {lr:g})")
         return {"curves": curves, "valid_uer": min(float(row["valid_uer"]) for row in curves["valid"]),
                 "checkpoint": save_dir / "checkpoint_best.pt"}
 
@@ -136,8 +139,9 @@ class PaperRun:
         overrides = [f"task.data={self.data.corpus}", f"checkpoint.save_dir={save_dir}",
                      f"optimization.max_update={self.budget.reconstruction_updates}", f"optimization.lr=[{lr}]",
                      "common.log_format=json", f"common.seed={self.budget.seed}"]
-        curves = _train_once(f"reconstruction/{RECONSTRUCTION_CONFIG}", overrides, save_dir, save_dir / "train.log",
-                             prefixed("reconstruction"), self.times, f"reconstruction (lr {lr:g})")
+        curves = _train_once(f"reconstruction/{RECONSTRUCTION_CONFIG}", overrides,
+                             self.budget.reconstruction_updates, save_dir, save_dir / "train.log", "reconstruction",
+                             self.times, f"reconstruction (lr {lr:g})")
         best = min(curves["valid"], key=lambda row: float(row["valid_loss"]))
         return {"curves": curves, "checkpoint": save_dir / "checkpoint_best.pt",
                 "valid": {key: float(best[f"valid_{key}"]) for key in
@@ -154,17 +158,22 @@ def run_paper(out: Path, minutes: float, budget: Budget, jobs: int, mi_seeds: Se
     mi_args = ["--data", str(data.corpus), "--subset", "test", "--max-utterances", str(mi_utterances),
                "--max-frames", "2500", "--mine-iterations", str(mi_iterations), "--seeds", *map(str, mi_seeds)]
 
+    mi_progress = progress_bar("mutual information", len(ASR_MODELS) + 1, "checkpoint")
+
+    def decode(model: AsrModel, save_dir: Path) -> tuple[float, float]:
+        with progress_bar(f"decode {model.key}", 2, "decoding") as progress:
+            return decode_test(data, save_dir / "checkpoint_best.pt", save_dir.parent, times, model.key, progress)
+
     def asr_chain_jobs(model: AsrModel) -> dict:
         save_dir = out / "models" / model.key / "finetune"
         return {
             f"fine-tune {model.key}": ((f"pretrain {model.pretrain_config}",),
                                        lambda: run.finetune(model, model.lr, save_dir)),
-            f"decode {model.key}": ((f"fine-tune {model.key}",),
-                                    lambda: decode_test(data, save_dir / "checkpoint_best.pt", save_dir.parent,
-                                                        prefixed(model.key), times, model.key)),
+            f"decode {model.key}": ((f"fine-tune {model.key}",), lambda: decode(model, save_dir)),
             f"MI {model.key}": ((f"fine-tune {model.key}",),
                                 lambda: layerwise_mi_of(save_dir / "checkpoint_best.pt", model.title,
-                                                        out / "mi" / "parts" / model.key, mi_args, times)),
+                                                        out / "mi" / "parts" / model.key, mi_args, times,
+                                                        mi_progress)),
         }
 
     recon_dir = out / "models" / "reconstruction"
@@ -177,9 +186,10 @@ def run_paper(out: Path, minutes: float, budget: Budget, jobs: int, mi_seeds: Se
     graph.update({name: job for chain in chains for name, job in chain.items() if name.startswith("MI")})
     graph["MI reconstruction"] = (("reconstruction",), lambda: layerwise_mi_of(
         recon_dir / "checkpoint_best.pt", RECONSTRUCTION_TITLE, out / "mi" / "parts" / "reconstruction", mi_args,
-        times))
+        times, mi_progress))
     models_start = time.time()
-    done = run_jobs(graph, workers=jobs)
+    with mi_progress:
+        done = run_jobs(graph, workers=jobs)
     times["models and MI (side by side)"] = time.time() - models_start
 
     mi = merge_mi_parts({**{m.title: done[f"MI {m.key}"] for m in ASR_MODELS},
@@ -377,8 +387,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--mi-iterations", type=int, default=1500, help="training steps of each MI network")
     parser.add_argument("--lr-grid", type=float, nargs="+", help="instead of the comparison: train every model at "
                         "each of these learning rates and score it on the valid split")
+    parser.add_argument("--verbose", action="store_true",
+                        help="every line of fairseq's logs on the console (each run's log is in its folder either way)")
     args = parser.parse_args(argv)
-    setup_logging()
     for name in ("pretrain_updates", "finetune_updates", "reconstruction_updates", "clusters", "jobs",
                  "mi_utterances", "mi_iterations"):
         if getattr(args, name) < 1:
@@ -387,11 +398,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--mi-seeds must be at least 2 (a curve's verdict compares seeds)")
     budget = Budget(args.pretrain_updates, args.finetune_updates, args.reconstruction_updates, args.seed,
                     args.clusters)
-    if args.lr_grid:
-        run_lr_grid(args.out, args.minutes, budget, args.jobs, args.lr_grid)
-    else:
-        run_paper(args.out, args.minutes, budget, args.jobs, range(args.mi_seeds), args.mi_utterances,
-                  args.mi_iterations)
+    with job_console(args.verbose):
+        if args.lr_grid:
+            run_lr_grid(args.out, args.minutes, budget, args.jobs, args.lr_grid)
+        else:
+            run_paper(args.out, args.minutes, budget, args.jobs, range(args.mi_seeds), args.mi_utterances,
+                      args.mi_iterations)
 
 
 if __name__ == "__main__":
