@@ -1,8 +1,11 @@
 """The TTS corpus recipe: manifests, transcripts and phone labels agree with the audio; splits hold out
 speakers and sentences; the build is deterministic. Needs the Debian TTS packages (skipped without them)."""
 
+import ctypes
 import filecmp
 import json
+import multiprocessing
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from mamba_hubert.data import corpus, espeak
+from mamba_hubert.data.judge import judge_corpus
 from mamba_hubert.data.phones import PHONES, frame_labels
 from mamba_hubert.data.voices import read_voices
 from mamba_hubert.frames import conv_output_length
@@ -142,6 +146,7 @@ def test_same_seed_same_corpus_whatever_the_scheduling(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     for out, jobs in ((first, 1), (second, 2)):
         corpus.build_corpus(str(out), minutes=0.4, jobs=jobs, seed=7, log=lambda _: None)
+        ctypes.CDLL(None).rand()  # the parent's libc state, which the workers inherit, moves on as any library may
     for name in ("train.wrd", "train.phn", "test.phn", "valid.meta.tsv", "dict.ltr.txt"):
         assert (first / name).read_text() == (second / name).read_text(), name
     wavs = [str(p.relative_to(first)) for p in (first / "wav").rglob("*.wav")]
@@ -186,3 +191,37 @@ def test_sentence_normalisation():
         "DON'T TOUCH THE FATHERS WELL KEPT HOUSE")
     for unspeakable in ("It cost 5 pounds", "Mr. Smith went home", "the NATO summit met", "Go", "a b c d"):
         assert corpus.normalise_sentence(unspeakable) is None, unspeakable
+
+
+@needs_engines
+def test_the_judge_reads_each_voices_modern_sentences_and_keeps_its_words(corpus_dir, tmp_path):
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, copy, symlinks=True)
+    modern = corpus.modern_transcripts()
+    summary = judge_corpus(copy, per_voice=1, threads=2, log=lambda _: None, plain=modern)
+    assert json.loads((copy / "judge.json").read_text()) == summary
+    speakers = {row["speaker"] for split in SPLITS
+                for row, words in zip(_meta(copy, split), _lines(copy / f"{split}.wrd")) if words in modern}
+    assert set(summary["voices"]) == speakers and summary["text"] == "modern English only"
+    for voice in summary["voices"].values():
+        read = voice["utterances_read"]
+        assert len(read) == 1 and read[0]["reference"] in modern
+        assert voice["errors"] == read[0]["errors"] and voice["words"] == len(read[0]["reference"].split())
+
+
+def _render_breathing_variant(noise_seed: int) -> np.ndarray:
+    return espeak.espeak().render("en-us+f5", 1.0, 1.0, "The stale smell of old beer lingers.", noise_seed)[0]
+
+
+def _in_a_forked_worker(noise_seed: int) -> np.ndarray:
+    """As the corpus renders: in a process forked for the work, which inherits the parent's libc rand() state."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(_render_breathing_variant, (noise_seed,))
+
+
+@needs_engines
+def test_espeaks_breathing_variants_take_their_noise_from_the_seed_alone():
+    first = _in_a_forked_worker(11)
+    ctypes.CDLL(None).rand()  # the parent's state moves on, as any library's rand() call moves it
+    assert np.array_equal(_in_a_forked_worker(11), first)
+    assert not np.array_equal(_in_a_forked_worker(12), first)

@@ -57,7 +57,7 @@ from mamba_hubert.data.neural_voices import ENGINE_FILES, Kokoro, Piper
 from mamba_hubert.data.phones import PHONES, SAMPLE_RATE, Segments, cmu_phone, frame_labels
 from mamba_hubert.data.voices import DEFAULT_VOICES, FESTIVAL_VOICE_PACKAGES, Voice, held_out_speakers, read_voices
 
-CORPUS_FORMAT = 2  # part of the cache key: bump when the same inputs would give other files
+CORPUS_FORMAT = 3  # part of the cache key: bump when the same inputs would give other files
 MIN_SECONDS, MAX_SECONDS = 1.0, 6.0
 # TTS engines emit exact digital silence; an all-zero window makes the extractor's per-frame layer norm
 # divide by ~sqrt(eps) and gradients explode. A -66 dBFS noise floor, seeded per
@@ -142,6 +142,12 @@ def _wordnet_sentences() -> Iterator[str]:
                 if line.startswith("  ") or " | " not in line:
                     continue  # licence header
                 yield from re.findall(r'"([^"]+)"', line.split(" | ", 1)[1])
+
+
+def modern_transcripts() -> set[str]:
+    """The transcripts of WordNet's example sentences: modern English (the judge reads these; KJV's archaic words
+    are the judge's trouble, not a voice's)."""
+    return {pair[0] for pair in map(normalise_sentence, _wordnet_sentences()) if pair is not None}
 
 
 def load_sentences() -> list[tuple[str, str]]:
@@ -236,7 +242,7 @@ def _render_festival(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
 def _render_espeak(jobs: Sequence[Job], tmp: str) -> Iterator[Rendered]:
     engine = espeak()
     for job in jobs:
-        audio, events = engine.render(job.voice.name, job.rate, job.pitch, job.text)
+        audio, events = engine.render(job.voice.name, job.rate, job.pitch, job.text, zlib.crc32(job.uid.encode()))
         duration = len(audio) / engine.sample_rate
         yield audio.astype(np.float32) / 32768, engine.sample_rate, espeak_segments(events, duration)
 
@@ -536,8 +542,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--voices", type=Path, default=DEFAULT_VOICES,
                         help="voices file: one `speaker engine split voice [f0]` line per voice (default: the demo's)")
     parser.add_argument("--judge", action="store_true",
-                        help="instead of building: transcribe a sample of every voice of the corpus in --out with "
-                             "faster-whisper base and write its WER per voice to judge.json there")
+                        help="instead of building: transcribe a sample of every voice of the corpus in --out (its "
+                             "utterances of WordNet's modern sentences) with faster-whisper base and write its WER "
+                             "per voice to judge.json there")
     parser.add_argument("--judge-per-voice", type=int, default=8, help="utterances per voice that --judge transcribes")
     args = parser.parse_args(argv)
     setup_logging()
@@ -552,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.judge:
             if not (Path(args.out) / "corpus.json").exists():
                 parser.error(f"--judge: {args.out} holds no corpus (no corpus.json)")
-            judge_corpus(Path(args.out), args.judge_per_voice, args.jobs, log)
+            judge_corpus(Path(args.out), args.judge_per_voice, args.jobs, log, modern_transcripts())
         else:
             build_corpus(args.out, args.minutes, args.jobs, args.seed, args.overwrite, log, args.voices)
 

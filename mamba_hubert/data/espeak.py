@@ -63,6 +63,7 @@ class Espeak:
 
     def __init__(self) -> None:
         self.lib = ctypes.CDLL(ESPEAK_LIBRARY)
+        self._libc = ctypes.CDLL(None)  # espeak-ng 1.51 draws its voices' breath and jitter noise from libc's rand()
         # AUDIO_OUTPUT_SYNCHRONOUS, default buffer, default data path, espeakINITIALIZE_PHONEME_EVENTS
         self.sample_rate = self.lib.espeak_Initialize(2, 0, None, 1)
         if self.sample_rate <= 0:
@@ -86,13 +87,17 @@ class Espeak:
             i += 1
         return 0
 
-    def render(self, voice: str, rate: float, pitch: float, text: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
-        """int16 audio at self.sample_rate and (mnemonic, start ms) phoneme events."""
+    def render(self, voice: str, rate: float, pitch: float, text: str,
+               noise_seed: int) -> tuple[np.ndarray, list[tuple[str, int]]]:
+        """int16 audio at self.sample_rate and (mnemonic, start ms) phoneme events. `noise_seed` seeds the noise of
+        the variants that breathe (f2, f3, f5, ...): without it their audio would depend on every earlier rand() call
+        of the process, and of the process it was forked from."""
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"espeak-ng has no voice {voice!r}")
         self.lib.espeak_SetParameter(self._RATE, round(175 * rate), 0)  # words per minute, default 175
         self.lib.espeak_SetParameter(self._PITCH, round(min(max(50 + 150 * (pitch - 1), 0), 100)), 0)  # 0-100
         self._chunks, self._events = [], []
+        self._libc.srand(ctypes.c_uint(noise_seed))
         data = text.encode()
         # espeak_Synth(text, size, position, POS_CHARACTER, end_position, espeakCHARS_AUTO, id, user_data)
         self.lib.espeak_Synth(ctypes.c_char_p(data), len(data) + 1, 0, 1, 0, 0, None, None)

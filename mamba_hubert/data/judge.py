@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import editdistance
@@ -113,25 +113,33 @@ class Judge:
 
 
 def score(judge: Judge, items: Sequence[tuple[str, str, Path]],
-          progress: Callable[[int], None] = lambda done: None) -> dict[str, dict]:
-    """{group: {"utterances", "words", "errors", "wer"}} for (group, reference, audio) items, "all" included."""
+          progress: Callable[[int], None] = lambda done: None) -> tuple[dict[str, dict], list[dict]]:
+    """For (group, reference, audio) items: {group: {"utterances", "words", "errors", "wer"}} with "all", and each
+    item's record {"group", "file", "reference", "hypothesis", "errors"} (where a voice's errors come from)."""
     totals: dict[str, list[int]] = {}
+    records = []
     for done, (group, reference, path) in enumerate(items, 1):
-        edits, words = word_errors(reference, judge.transcribe(path))
+        hypothesis = judge.transcribe(path)
+        edits, words = word_errors(reference, hypothesis)
+        records.append({"group": group, "file": Path(path).name, "reference": reference, "hypothesis": hypothesis,
+                        "errors": edits})
         for key in (group, "all"):
             total = totals.setdefault(key, [0, 0, 0])
             total[0] += 1
             total[1] += words
             total[2] += edits
         progress(done)
-    return {key: {"utterances": n, "words": words, "errors": edits, "wer": round(100 * edits / max(words, 1), 2)}
-            for key, (n, words, edits) in totals.items()}
+    by_group = {key: {"utterances": n, "words": words, "errors": edits, "wer": round(100 * edits / max(words, 1), 2)}
+                for key, (n, words, edits) in totals.items()}
+    return by_group, records
 
 
 def judge_corpus(corpus: Path, per_voice: int = 8, threads: int = os.cpu_count() or 1,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, plain: Collection[str] | None = None) -> dict:
     """judge.json in `corpus`: the judge's WER on the first `per_voice` utterances of every speaker, per speaker (with
-    its engine and split) and per engine."""
+    its engine, split and each utterance's words) and per engine. With `plain` (transcripts of modern English) only
+    those utterances count: Whisper writes archaic words (UNTO, THY, WILT) as modern ones whoever reads them, and a
+    voice's WER should be the voice's."""
     start = time.time()
     rows = []
     for split in ("train", "valid", "test"):
@@ -140,7 +148,7 @@ def judge_corpus(corpus: Path, per_voice: int = 8, threads: int = os.cpu_count()
         references = (corpus / f"{split}.wrd").read_text().splitlines()
         paths = [line.split("\t")[0] for line in (corpus / f"{split}.tsv").read_text().splitlines()[1:]]
         rows += [(dict(zip(keys, line.split("\t"))), reference, corpus / path, split)
-                 for line, reference, path in zip(lines, references, paths)]
+                 for line, reference, path in zip(lines, references, paths) if plain is None or reference in plain]
     taken: dict[str, int] = {}
     sample, engine_of, split_of = [], {}, {}
     for meta, reference, path, split in rows:
@@ -152,18 +160,21 @@ def judge_corpus(corpus: Path, per_voice: int = 8, threads: int = os.cpu_count()
             split_of[speaker] = split
     log(f"[judge] {JUDGE_NAME}: {len(sample)} utterances of {len(taken)} speakers")
     judge = Judge(threads)
-    by_speaker = score(judge, sample, lambda done: done % 50 == 0 and log(f"[judge] {done} / {len(sample)}"))
+    by_speaker, records = score(judge, sample, lambda done: done % 50 == 0 and log(f"[judge] {done} / {len(sample)}"))
     engines: dict[str, list[int]] = {}
     for speaker, result in by_speaker.items():
         if speaker == "all":
             continue
-        result.update(engine="+".join(sorted(engine_of[speaker])), split=split_of[speaker])
+        result.update(engine="+".join(sorted(engine_of[speaker])), split=split_of[speaker],
+                      utterances_read=[{k: v for k, v in r.items() if k != "group"} for r in records
+                                       if r["group"] == speaker])
         total = engines.setdefault(result["engine"], [0, 0])
         total[0] += result["words"]
         total[1] += result["errors"]
     summary = {
         "judge": JUDGE_NAME, "model_sha256": WHISPER_MODEL.sha256, "decoding": "greedy, int8, English",
-        "utterances_per_voice": per_voice, "all": by_speaker.pop("all"),
+        "utterances_per_voice": per_voice, "text": "all" if plain is None else "modern English only",
+        "all": by_speaker.pop("all"),
         "engines": {engine: {"words": words, "wer": round(100 * edits / max(words, 1), 2)}
                     for engine, (words, edits) in sorted(engines.items())},
         "voices": dict(sorted(by_speaker.items())), "seconds": round(time.time() - start, 1),

@@ -171,7 +171,7 @@ def judge_subset(data_dir: Path, subset: str, times: dict[str, float]) -> dict[s
     meta = data_dir / f"{subset}.meta.tsv"
     groups = ([row.split("\t")[3] for row in meta.read_text().splitlines()[1:]] if meta.exists()
               else [subset] * len(paths))
-    return timed(times, f"judge {subset}", lambda: score(Judge(threads=1), list(zip(groups, references, paths))))
+    return timed(times, f"judge {subset}", lambda: score(Judge(threads=1), list(zip(groups, references, paths)))[0])
 
 
 def lm_decoder_flags(lexicon: Path, lm: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
