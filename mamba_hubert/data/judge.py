@@ -113,16 +113,16 @@ class Judge:
 
 
 def score(judge: Judge, items: Sequence[tuple[str, str, Path]],
-          progress: Callable[[int], None] = lambda done: None) -> tuple[dict[str, dict], list[dict]]:
-    """For (group, reference, audio) items: {group: {"utterances", "words", "errors", "wer"}} with "all", and each
-    item's record {"group", "file", "reference", "hypothesis", "errors"} (where a voice's errors come from)."""
+          progress: Callable[[int], None] = lambda done: None) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """For (group, reference, audio) items: {group: {"utterances", "words", "errors", "wer"}} with "all", and by group
+    each item's record {"file", "reference", "hypothesis", "errors"} (where a voice's errors come from)."""
     totals: dict[str, list[int]] = {}
-    records = []
+    records: dict[str, list[dict]] = {}
     for done, (group, reference, path) in enumerate(items, 1):
         hypothesis = judge.transcribe(path)
         edits, words = word_errors(reference, hypothesis)
-        records.append({"group": group, "file": Path(path).name, "reference": reference, "hypothesis": hypothesis,
-                        "errors": edits})
+        records.setdefault(group, []).append({"file": Path(path).name, "reference": reference,
+                                              "hypothesis": hypothesis, "errors": edits})
         for key in (group, "all"):
             total = totals.setdefault(key, [0, 0, 0])
             total[0] += 1
@@ -166,8 +166,7 @@ def judge_corpus(corpus: Path, per_voice: int = 8, threads: int = os.cpu_count()
         if speaker == "all":
             continue
         result.update(engine="+".join(sorted(engine_of[speaker])), split=split_of[speaker],
-                      utterances_read=[{k: v for k, v in r.items() if k != "group"} for r in records
-                                       if r["group"] == speaker])
+                      utterances_read=records[speaker])
         total = engines.setdefault(result["engine"], [0, 0])
         total[0] += result["words"]
         total[1] += result["errors"]
