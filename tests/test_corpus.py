@@ -5,7 +5,6 @@ import ctypes
 import filecmp
 import json
 import multiprocessing
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from mamba_hubert.data import corpus, espeak
-from mamba_hubert.data.judge import judge_corpus
+from mamba_hubert.data.judge import judge_voices
 from mamba_hubert.data.phones import PHONES, frame_labels
 from mamba_hubert.data.voices import read_voices
 from mamba_hubert.frames import conv_output_length
@@ -193,19 +192,35 @@ def test_sentence_normalisation():
 
 
 @needs_engines
-def test_the_judge_reads_each_voices_modern_sentences_and_keeps_its_words(corpus_dir, tmp_path):
-    copy = tmp_path / "corpus"
-    shutil.copytree(corpus_dir, copy, symlinks=True)
-    modern = corpus.modern_transcripts()
-    summary = judge_corpus(copy, per_voice=1, threads=2, log=lambda _: None, plain=modern)
-    assert json.loads((copy / "judge.json").read_text()) == summary
-    speakers = {row["speaker"] for split in SPLITS
-                for row, words in zip(_meta(copy, split), _lines(copy / f"{split}.wrd")) if words in modern}
-    assert set(summary["voices"]) == speakers and summary["text"] == "modern English only"
+def test_the_judge_hears_every_voice_read_the_same_modern_sentences_and_keeps_its_words(tmp_path):
+    voices_file = tmp_path / "voices.txt"
+    voices_file.write_text("slt flite train slt 170\nkal festival train kal_diphone 105\nkal flite train kal16 95\n"
+                           "k1 kokoro valid jf_gongitsune:0.6,jm_kumo:0.4\nrms flite test rms 100\n")
+    sample = corpus.render_judge_sample(tmp_path, read_voices(voices_file), per_voice=2, seed=0, jobs=2)
+    summary = judge_voices(tmp_path, sample, per_voice=2, threads=2, log=lambda _: None)
+    assert json.loads((tmp_path / "judge.json").read_text()) == summary
+    assert set(summary["voices"]) == {"slt", "kal", "k1", "rms"}
+    assert summary["voices"]["kal"]["engine"] == "festival+flite" and summary["voices"]["k1"]["split"] == "valid"
+    modern = {pair[0] for pair in map(corpus.normalise_sentence, corpus._wordnet_sentences()) if pair is not None}
+    read = {speaker: [r["reference"] for r in voice["utterances_read"]] for speaker, voice in summary["voices"].items()}
+    assert all(len(references) == 2 and set(references) <= modern for references in read.values())
+    assert read["slt"] == read["kal"] == read["k1"]  # the same text for every voice
     for voice in summary["voices"].values():
-        read = voice["utterances_read"]
-        assert len(read) == 1 and read[0]["reference"] in modern
-        assert voice["errors"] == read[0]["errors"] and voice["words"] == len(read[0]["reference"].split())
+        assert voice["errors"] == sum(r["errors"] for r in voice["utterances_read"])
+        assert voice["words"] == sum(len(r["reference"].split()) for r in voice["utterances_read"])
+    # the same seed renders the same audio; the judge's wavs stay beside its judge.json
+    again = corpus.render_judge_sample(tmp_path / "again", read_voices(voices_file), per_voice=2, seed=0, jobs=2)
+    assert [item[:4] for item in again] == [item[:4] for item in sample]
+    assert all(filecmp.cmp(a[4], b[4], shallow=False) for a, b in zip(sample, again))
+
+
+def test_the_judge_refuses_a_voices_file_other_than_the_corpus_s(corpus_dir, tmp_path, capsys):
+    voices_file = tmp_path / "voices.txt"
+    voices_file.write_text("slt flite train slt 170\nked festival valid ked_diphone 105\nrms flite test rms 100\n")
+    with pytest.raises(SystemExit):
+        corpus.main(["--out", str(corpus_dir), "--judge", "--voices", str(voices_file)])
+    assert f"{voices_file} holds other voices than the corpus in {corpus_dir}" in capsys.readouterr().err
+    assert not (corpus_dir / "judge_wav").exists()
 
 
 def _render_breathing_variant(noise_seed: int) -> np.ndarray:

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from mamba_hubert.command_line import one_line_errors, setup_logging
 from mamba_hubert.data.espeak import ESPEAK_LIBRARY, espeak, espeak_segments
-from mamba_hubert.data.judge import judge_corpus
+from mamba_hubert.data.judge import judge_voices
 from mamba_hubert.data.neural_voices import ENGINE_FILES, Kokoro, Piper
 from mamba_hubert.data.phones import PHONES, SAMPLE_RATE, Segments, cmu_phone, frame_labels
 from mamba_hubert.data.voices import DEFAULT_VOICES, FESTIVAL_VOICE_PACKAGES, Voice, held_out_speakers, read_voices
@@ -142,12 +142,6 @@ def _wordnet_sentences() -> Iterator[str]:
                 if line.startswith("  ") or " | " not in line:
                     continue  # licence header
                 yield from re.findall(r'"([^"]+)"', line.split(" | ", 1)[1])
-
-
-def modern_transcripts() -> set[str]:
-    """The transcripts of WordNet's example sentences: modern English (the judge reads these; KJV's archaic words
-    are the judge's trouble, not a voice's)."""
-    return {pair[0] for pair in map(normalise_sentence, _wordnet_sentences()) if pair is not None}
 
 
 def load_sentences() -> list[tuple[str, str]]:
@@ -316,6 +310,13 @@ def missing_packages(voices: Sequence[Voice] | None = None) -> list[str]:
     return missing
 
 
+def _rate_and_pitch(rng: random.Random, voice: Voice) -> tuple[float, float]:
+    rate = round(rng.uniform(*RATE_RANGE), 3)
+    # espeak takes a pitch directly, flite and festival's diphone voices through their f0
+    pitch = round(rng.uniform(*PITCH_RANGE), 3) if voice.f0 or voice.engine == "espeak" else 1.0
+    return rate, pitch
+
+
 class _Planner:
     """Draws the utterances of one split in a fixed order: its sentences, voice, rate and pitch."""
 
@@ -335,9 +336,7 @@ class _Planner:
         for transcript, text in self.sentences[self.next:self.next + count]:
             engine = self.rng.choices(engines, weights=[ENGINE_SHARE[e] for e in engines])[0]
             voice = self.rng.choice(self.by_engine[engine])
-            rate = round(self.rng.uniform(*RATE_RANGE), 3)
-            # espeak takes a pitch directly, flite and festival's diphone voices through their f0
-            pitch = round(self.rng.uniform(*PITCH_RANGE), 3) if voice.f0 or engine == "espeak" else 1.0
+            rate, pitch = _rate_and_pitch(self.rng, voice)
             uid = f"{self.split}_{self.next:06d}"
             jobs.append(Job(uid, self.split, voice, rate, pitch, transcript, text, str(self.wav_dir / f"{uid}.wav")))
             self.next += 1
@@ -456,6 +455,47 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
     return summary
 
 
+def render_judge_sample(out: Path, voices: Sequence[Voice], per_voice: int, seed: int,
+                        jobs: int) -> list[tuple[str, str, str, str, Path]]:
+    """Every speaker of `voices` reading the same `per_voice` modern sentences (WordNet's), drawn by `seed`, with voice,
+    rate and pitch drawn as the corpus draws them, into `out`/judge_wav: [(speaker, engine, split, transcript, wav)].
+    The same text for every voice, so their WERs compare."""
+    pairs = sorted({pair for pair in map(normalise_sentence, _wordnet_sentences()) if pair is not None})
+    rng = random.Random(f"{seed}-judge")
+    # a few spare sentences per speaker: an utterance outside 1-6 s is dropped
+    sentences = rng.sample(pairs, per_voice + max(2, per_voice // 4))
+    wav_dir = out / "judge_wav"
+    shutil.rmtree(wav_dir, ignore_errors=True)
+    wav_dir.mkdir(parents=True)
+    planned: dict[str, list[Job]] = {}
+    for voice in voices:
+        planned.setdefault(voice.speaker, [])
+    for speaker, speaker_jobs in planned.items():
+        own = [v for v in voices if v.speaker == speaker]
+        for i, (transcript, text) in enumerate(sentences):
+            voice = rng.choice(own)
+            uid = f"judge_{speaker}_{i:03d}"
+            speaker_jobs.append(Job(uid, voice.split, voice, *_rate_and_pitch(rng, voice), transcript, text,
+                                    str(wav_dir / f"{uid}.wav")))
+    every_job = [job for speaker_jobs in planned.values() for job in speaker_jobs]
+    results: dict[str, tuple[int, list[str]] | None] = {}
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with context.Pool(jobs, maxtasksperchild=1) as pool, tqdm(total=len(every_job), desc="[judge] synthesis",
+                                                              unit="utt", disable=None) as progress:
+        for chunk_results in pool.imap_unordered(_synthesize, _chunks(every_job)):
+            results.update(chunk_results)
+            progress.update(len(chunk_results))
+    sample = []
+    for speaker, speaker_jobs in planned.items():
+        kept = [job for job in speaker_jobs if results[job.uid] is not None][:per_voice]
+        if len(kept) < per_voice:
+            raise RuntimeError(f"[judge] {speaker}: only {len(kept)} of {len(speaker_jobs)} sentences rendered "
+                               f"within {MIN_SECONDS:g}-{MAX_SECONDS:g} s; ask for fewer per voice")
+        sample += [(speaker, "+".join(sorted({v.engine for v in voices if v.speaker == speaker})), job.split,
+                    job.transcript, Path(job.wav_path)) for job in kept]
+    return sample
+
+
 def cached_corpus(cache_root: Path, minutes: float, jobs: int, seed: int, voices_path: Path = DEFAULT_VOICES,
                   log: Callable[[str], None] = print) -> Path:
     """The corpus for these inputs from `cache_root/<corpus_key>`, built there first if it is not (under a lock, so
@@ -542,10 +582,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--voices", type=Path, default=DEFAULT_VOICES,
                         help="voices file: one `speaker engine split voice [f0]` line per voice (default: the demo's)")
     parser.add_argument("--judge", action="store_true",
-                        help="instead of building: transcribe a sample of every voice of the corpus in --out (its "
-                             "utterances of WordNet's modern sentences) with faster-whisper base and write its WER "
-                             "per voice to judge.json there")
-    parser.add_argument("--judge-per-voice", type=int, default=8, help="utterances per voice that --judge transcribes")
+                        help="instead of building: every voice of the corpus in --out reads the same modern sentences "
+                             "(WordNet's), rendered for the judge; faster-whisper base transcribes them and its WER "
+                             "per voice goes to judge.json there")
+    parser.add_argument("--judge-per-voice", type=int, default=24, help="sentences each voice reads for --judge")
     args = parser.parse_args(argv)
     setup_logging()
     if not args.minutes > 0:
@@ -557,9 +597,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     log = logging.getLogger(__name__).info
     with one_line_errors(parser.prog):
         if args.judge:
-            if not (Path(args.out) / "corpus.json").exists():
-                parser.error(f"--judge: {args.out} holds no corpus (no corpus.json)")
-            judge_corpus(Path(args.out), args.judge_per_voice, args.jobs, log, modern_transcripts())
+            out = Path(args.out)
+            if not (out / "corpus.json").exists():
+                parser.error(f"--judge: {out} holds no corpus (no corpus.json)")
+            built = json.loads((out / "corpus.json").read_text())
+            voices = read_voices(args.voices)
+            if [{"speaker": v.speaker, "engine": v.engine, "voice": v.name, "split": v.split} for v in voices] != (
+                    built["voices"]):
+                parser.error(f"--judge: {args.voices} holds other voices than the corpus in {out} was built with; "
+                             "pass that corpus's voices file with --voices")
+            sample = render_judge_sample(out, voices, args.judge_per_voice, built["seed"], args.jobs)
+            judge_voices(out, sample, args.judge_per_voice, args.jobs, log)
         else:
             build_corpus(args.out, args.minutes, args.jobs, args.seed, args.overwrite, log, args.voices)
 

