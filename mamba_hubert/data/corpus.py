@@ -455,15 +455,27 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
     return summary
 
 
+# The judge's text: WordNet's sentences of at least 6 words, each word seen 20 times or more in the text pool. Rare
+# names and 3-word phrases (THE SINHALESE VERSIONS OF THE RAMAYANA, A SIGNED LETTER) were most of every voice's errors.
+JUDGE_MIN_WORDS, JUDGE_MIN_WORD_COUNT = 6, 20
+
+
+def judge_sentences() -> list[tuple[str, str]]:
+    """The (transcript, engine text) pairs the judge's voices read: modern English of common words (JUDGE_MIN_*)."""
+    counts = Counter(word for transcript, _ in load_sentences() for word in transcript.split())
+    modern = {pair for pair in map(normalise_sentence, _wordnet_sentences()) if pair is not None}
+    return sorted(pair for pair in modern if len(pair[0].split()) >= JUDGE_MIN_WORDS
+                  and all(counts[word] >= JUDGE_MIN_WORD_COUNT for word in pair[0].split()))
+
+
 def render_judge_sample(out: Path, voices: Sequence[Voice], per_voice: int, seed: int,
                         jobs: int) -> list[tuple[str, str, str, str, Path]]:
-    """Every speaker of `voices` reading the same `per_voice` modern sentences (WordNet's), drawn by `seed`, with voice,
+    """Every speaker of `voices` reading the same `per_voice` of `judge_sentences`, drawn by `seed`, with voice,
     rate and pitch drawn as the corpus draws them, into `out`/judge_wav: [(speaker, engine, split, transcript, wav)].
     The same text for every voice, so their WERs compare."""
-    pairs = sorted({pair for pair in map(normalise_sentence, _wordnet_sentences()) if pair is not None})
     rng = random.Random(f"{seed}-judge")
     # a few spare sentences per speaker: an utterance outside 1-6 s is dropped
-    sentences = rng.sample(pairs, per_voice + max(2, per_voice // 4))
+    sentences = rng.sample(judge_sentences(), per_voice + max(2, per_voice // 4))
     wav_dir = out / "judge_wav"
     shutil.rmtree(wav_dir, ignore_errors=True)
     wav_dir.mkdir(parents=True)
@@ -583,8 +595,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="voices file: one `speaker engine split voice [f0]` line per voice (default: the demo's)")
     parser.add_argument("--judge", action="store_true",
                         help="instead of building: every voice of the corpus in --out reads the same modern sentences "
-                             "(WordNet's), rendered for the judge; faster-whisper base transcribes them and its WER "
-                             "per voice goes to judge.json there")
+                             "of common words (WordNet's), rendered for the judge; faster-whisper base transcribes them "
+                             "and its WER per voice goes to judge.json there")
     parser.add_argument("--judge-per-voice", type=int, default=24, help="sentences each voice reads for --judge")
     args = parser.parse_args(argv)
     setup_logging()

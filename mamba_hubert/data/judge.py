@@ -155,7 +155,7 @@ def judge_voices(out: Path, sample: Sequence[tuple[str, str, str, str, Path]], p
     summary = {
         "judge": JUDGE_NAME, "model_sha256": WHISPER_MODEL.sha256, "decoding": "greedy, int8, English",
         "utterances_per_voice": per_voice,
-        "text": "modern English (WordNet's example sentences), the same sentences for every voice",
+        "text": "the same sentences for every voice: WordNet's examples of at least 6 common words",
         "all": by_speaker.pop("all"),
         "engines": {engine: {"words": words, "wer": round(100 * edits / max(words, 1), 2)}
                     for engine, (words, edits) in sorted(engines.items())},
