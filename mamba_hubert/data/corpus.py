@@ -43,6 +43,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
@@ -357,6 +358,23 @@ def _chunks(jobs: Sequence[Job]) -> list[list[Job]]:
     return chunks
 
 
+def _worker_pool(processes: int) -> Pool:
+    # A fresh process per work unit: espeak-ng's output depends on what the process synthesised before, so
+    # reusing workers would make the audio depend on scheduling.
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    return context.Pool(processes, maxtasksperchild=1)
+
+
+def _render(pool: Pool, jobs: Sequence[Job], desc: str) -> dict[str, tuple[int, list[str]] | None]:
+    """Every job rendered by `pool`, with a progress bar: {uid: (samples, phones) | None}."""
+    results: dict[str, tuple[int, list[str]] | None] = {}
+    with tqdm(total=len(jobs), desc=desc, unit="utt", disable=None) as progress:
+        for chunk_results in pool.imap_unordered(_synthesize, _chunks(jobs)):
+            results.update(chunk_results)
+            progress.update(len(chunk_results))
+    return results
+
+
 # Planning estimate of one utterance's length; the loop tops up any shortfall.
 _EXPECTED_SECONDS = 2.5
 
@@ -384,6 +402,11 @@ def corpus_key(voices_path: Path, seed: int, minutes: float) -> str:
     """A corpus's cache key: the same key, the same audio."""
     identity = {"format": CORPUS_FORMAT, "seed": seed, "minutes": minutes, **provenance(voices_path)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def voice_records(voices: Sequence[Voice]) -> list[dict[str, str]]:
+    """The voices as `corpus.json` records them."""
+    return [{"speaker": v.speaker, "engine": v.engine, "voice": v.name, "split": v.split} for v in voices]
 
 
 def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, overwrite: bool = False,
@@ -416,21 +439,14 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
 
     accepted: dict[str, list[tuple[Job, int, list[str]]]] = {split: [] for split in SPLIT_SHARE}
     seconds = dict.fromkeys(SPLIT_SHARE, 0.0)
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    # A fresh process per work unit: espeak-ng's output depends on what the process synthesised before, so
-    # reusing workers would make the audio depend on scheduling.
-    with context.Pool(jobs, maxtasksperchild=1) as pool:
+    with _worker_pool(jobs) as pool:
         while any(seconds[s] < budget[s] for s in SPLIT_SHARE):
             planned = []
             for split in SPLIT_SHARE:
                 short = budget[split] - seconds[split]
                 if short > 0:
                     planned += planners[split].plan(math.ceil(1.15 * short / _EXPECTED_SECONDS) + 2)
-            results: dict[str, tuple[int, list[str]] | None] = {}
-            with tqdm(total=len(planned), desc="[corpus] synthesis", unit="utt", disable=None) as progress:
-                for chunk_results in pool.imap_unordered(_synthesize, _chunks(planned)):
-                    results.update(chunk_results)
-                    progress.update(len(chunk_results))
+            results = _render(pool, planned, "[corpus] synthesis")
             for job in planned:  # accept in planned order, so the corpus does not depend on scheduling
                 result = results[job.uid]
                 if result is None:
@@ -445,8 +461,7 @@ def build_corpus(out_dir: str, minutes: float, jobs: int = 2, seed: int = 0, ove
     summary = _write_outputs(out, accepted)
     summary["lm"] = _write_lm_text(out, [transcript for transcript, _ in sentences[:counts["train"]]])
     summary.update(seed=seed, minutes_requested=minutes, held_out_speakers=held_out_speakers(voices),
-                   voices=[{"speaker": v.speaker, "engine": v.engine, "voice": v.name, "split": v.split}
-                           for v in voices],
+                   voices=voice_records(voices),
                    engine_share=ENGINE_SHARE, key=corpus_key(voices_path, seed, minutes),
                    build_seconds=round(time.time() - start, 1), **provenance(voices_path))
     (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -480,23 +495,17 @@ def render_judge_sample(out: Path, voices: Sequence[Voice], per_voice: int, seed
     shutil.rmtree(wav_dir, ignore_errors=True)
     wav_dir.mkdir(parents=True)
     planned: dict[str, list[Job]] = {}
-    for voice in voices:
-        planned.setdefault(voice.speaker, [])
-    for speaker, speaker_jobs in planned.items():
+    for speaker in dict.fromkeys(voice.speaker for voice in voices):
         own = [v for v in voices if v.speaker == speaker]
+        planned[speaker] = []
         for i, (transcript, text) in enumerate(sentences):
             voice = rng.choice(own)
             uid = f"judge_{speaker}_{i:03d}"
-            speaker_jobs.append(Job(uid, voice.split, voice, *_rate_and_pitch(rng, voice), transcript, text,
-                                    str(wav_dir / f"{uid}.wav")))
-    every_job = [job for speaker_jobs in planned.values() for job in speaker_jobs]
-    results: dict[str, tuple[int, list[str]] | None] = {}
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with context.Pool(jobs, maxtasksperchild=1) as pool, tqdm(total=len(every_job), desc="[judge] synthesis",
-                                                              unit="utt", disable=None) as progress:
-        for chunk_results in pool.imap_unordered(_synthesize, _chunks(every_job)):
-            results.update(chunk_results)
-            progress.update(len(chunk_results))
+            planned[speaker].append(Job(uid, voice.split, voice, *_rate_and_pitch(rng, voice), transcript, text,
+                                        str(wav_dir / f"{uid}.wav")))
+    with _worker_pool(jobs) as pool:
+        results = _render(pool, [job for speaker_jobs in planned.values() for job in speaker_jobs],
+                          "[judge] synthesis")
     sample = []
     for speaker, speaker_jobs in planned.items():
         kept = [job for job in speaker_jobs if results[job.uid] is not None][:per_voice]
@@ -614,8 +623,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 parser.error(f"--judge: {out} holds no corpus (no corpus.json)")
             built = json.loads((out / "corpus.json").read_text())
             voices = read_voices(args.voices)
-            if [{"speaker": v.speaker, "engine": v.engine, "voice": v.name, "split": v.split} for v in voices] != (
-                    built["voices"]):
+            if voice_records(voices) != built["voices"]:
                 parser.error(f"--judge: {args.voices} holds other voices than the corpus in {out} was built with; "
                              "pass that corpus's voices file with --voices")
             sample = render_judge_sample(out, voices, args.judge_per_voice, built["seed"], args.jobs)
